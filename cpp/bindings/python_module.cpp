@@ -1,0 +1,154 @@
+// dotattn._core: the C++ API over NumPy arrays, without copies. Arrays come
+// in as they are (noconvert); the Python layer (python/dotattn/_api.py) has
+// already copied the few layouts the core cannot read in place. The GIL is
+// released while the core computes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dotattn/dotattn.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+dotattn::DType dtype_of(const py::array& a, const char* name) {
+  const py::dtype dt = a.dtype();
+  // equal() also tells byte orders apart, so only native arrays pass.
+  if (dt.equal(py::dtype::of<float>())) return dotattn::DType::float32;
+  if (dt.equal(py::dtype::of<double>())) return dotattn::DType::float64;
+  if (dt.equal(py::dtype::of<bool>())) return dotattn::DType::boolean;
+  throw dotattn::dtype_error(std::string(name) + " has dtype " + py::str(dt).cast<std::string>() +
+                             "; expected float32 or float64 in native byte order");
+}
+
+dotattn::Dims shape_of(const py::array& a) {
+  return dotattn::Dims(a.shape(), a.shape() + a.ndim());
+}
+
+// Element strides of a; the Python layer copies arrays whose byte strides
+// are not whole elements, so this only guards the C++ side.
+dotattn::Dims element_strides(const py::array& a, const char* name) {
+  dotattn::Dims strides(static_cast<std::size_t>(a.ndim()));
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (a.strides(d) % a.itemsize() != 0)
+      throw dotattn::argument_error(std::string(name) + " has a stride that is not a whole number of elements");
+    strides[static_cast<std::size_t>(d)] = a.strides(d) / a.itemsize();
+  }
+  return strides;
+}
+
+dotattn::TensorView input_view(const py::array& a, const char* name) {
+  return {a.data(), dtype_of(a, name), shape_of(a), element_strides(a, name)};
+}
+
+dotattn::OutputView output_view(py::array& a, const char* name) {
+  const dotattn::DType dtype = dtype_of(a, name);
+  if (!a.writeable()) throw dotattn::argument_error(std::string(name) + " is read-only");
+  if (!(a.flags() & py::array::c_style))
+    throw dotattn::argument_error(std::string(name) + " must be C-contiguous");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw dotattn::argument_error(std::string(name) + " must be aligned to its dtype");
+  return {a.mutable_data(), dtype, shape_of(a)};
+}
+
+py::array empty_like_result(const py::array& query, const dotattn::Dims& shape) {
+  return py::array(query.dtype(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+dotattn::Options make_options(const std::optional<py::array>& mask, dotattn::Causal causal,
+                              std::optional<double> scale) {
+  dotattn::Options options;
+  if (mask) options.mask = input_view(*mask, "attn_mask");
+  options.causal = causal;
+  options.scale = scale;
+  return options;
+}
+
+py::tuple attention(const py::array& query, const py::array& key, const py::array& value,
+                    const std::optional<py::array>& mask, dotattn::Causal causal,
+                    std::optional<double> scale, std::optional<py::array> out, bool return_lse) {
+  const dotattn::TensorView q = input_view(query, "query");
+  const dotattn::TensorView k = input_view(key, "key");
+  const dotattn::TensorView v = input_view(value, "value");
+  dotattn::Options options = make_options(mask, causal, scale);
+  const dotattn::Dims shape = dotattn::attention_shape(q, k, v, options);
+
+  py::array result = out ? *out : empty_like_result(query, shape);
+  py::object lse = py::none();
+  if (return_lse) {
+    py::array lse_array = empty_like_result(query, dotattn::Dims(shape.begin(), shape.end() - 1));
+    options.lse = output_view(lse_array, "lse");
+    lse = lse_array;
+  }
+  const dotattn::OutputView o = output_view(result, "out");
+  {
+    py::gil_scoped_release unlocked;
+    dotattn::attention(q, k, v, o, options);
+  }
+  return py::make_tuple(result, lse);
+}
+
+py::array attention_weights(const py::array& query, const py::array& key,
+                            const std::optional<py::array>& mask, dotattn::Causal causal,
+                            std::optional<double> scale) {
+  const dotattn::TensorView q = input_view(query, "query");
+  const dotattn::TensorView k = input_view(key, "key");
+  const dotattn::Options options = make_options(mask, causal, scale);
+  py::array weights = empty_like_result(query, dotattn::attention_weights_shape(q, k, options));
+  const dotattn::OutputView w = output_view(weights, "weights");
+  {
+    py::gil_scoped_release unlocked;
+    dotattn::attention_weights(q, k, w, options);
+  }
+  return weights;
+}
+
+py::dict runtime_info() {
+  const dotattn::RuntimeInfo info = dotattn::runtime_info();
+  py::dict d;
+  d["version"] = info.version;
+  d["compiler"] = info.compiler;
+  d["build_type"] = info.build_type;
+  d["build_flags"] = info.build_flags;
+  d["openmp"] = info.openmp;
+  d["cpu"] = info.cpu;
+  d["cpu_features"] = info.cpu_features;
+  d["kernel"] = info.kernel;
+  d["num_threads"] = info.num_threads;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "dotattn's compiled core; use the functions in the dotattn package.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const dotattn::dtype_error& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
+
+  py::enum_<dotattn::Causal>(m, "Causal")
+      .value("none", dotattn::Causal::none)
+      .value("upper_left", dotattn::Causal::upper_left)
+      .value("lower_right", dotattn::Causal::lower_right);
+
+  m.def("attention", &attention, py::arg("query").noconvert(), py::arg("key").noconvert(),
+        py::arg("value").noconvert(), py::arg("attn_mask").noconvert(), py::arg("causal"),
+        py::arg("scale"), py::arg("out").noconvert(), py::arg("return_lse"));
+  m.def("attention_weights", &attention_weights, py::arg("query").noconvert(),
+        py::arg("key").noconvert(), py::arg("attn_mask").noconvert(), py::arg("causal"),
+        py::arg("scale"));
+  m.def("get_num_threads", &dotattn::get_num_threads);
+  m.def("set_num_threads", &dotattn::set_num_threads, py::arg("n"));
+  m.def("runtime_info", &runtime_info);
+  m.attr("__version__") = DOTATTN_VERSION;
+}

@@ -1,0 +1,136 @@
+// dotattn: scaled dot-product attention on the CPU.
+//
+//   out = softmax(query · keyᵀ · scale + mask) · value
+//
+// The public C++ API. Tensors are passed as non-owning views (pointer, dtype,
+// shape, strides in elements); nothing here includes Python.
+//
+// Shapes: query (..., Hq, L, E), key (..., Hkv, S, E), value (..., Hkv, S, Ev)
+// with equal leading batch dims; or the single-head 2-D case (L, E), (S, E),
+// (S, Ev). Hq must be a multiple of Hkv: query head h reads key/value head
+// h / (Hq / Hkv). The result has shape (..., Hq, L, Ev).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dotattn/version.hpp"
+
+namespace dotattn {
+
+enum class DType { float32, float64, boolean };
+
+const char* dtype_name(DType dtype) noexcept;
+
+template <class T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr DType value = DType::float32; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::float64; };
+template <> struct dtype_of<bool> { static constexpr DType value = DType::boolean; };
+
+using Dims = std::vector<std::int64_t>;
+
+// A read-only view of an input. Strides are in elements and may be zero
+// (broadcast) or negative. query, key and value need unit stride in their
+// last dim; a mask may have any strides.
+struct TensorView {
+  const void* data = nullptr;
+  DType dtype = DType::float32;
+  Dims shape;
+  Dims strides;
+};
+
+// A writable, C-contiguous output buffer.
+struct OutputView {
+  void* data = nullptr;
+  DType dtype = DType::float32;
+  Dims shape;
+};
+
+// Strides of a C-contiguous array of this shape, in elements.
+Dims contiguous_strides(const Dims& shape);
+
+template <class T>
+TensorView view(const T* data, Dims shape, Dims strides = {}) {
+  if (strides.empty()) strides = contiguous_strides(shape);
+  return TensorView{data, dtype_of<T>::value, std::move(shape), std::move(strides)};
+}
+
+template <class T>
+OutputView output(T* data, Dims shape) {
+  return OutputView{data, dtype_of<T>::value, std::move(shape)};
+}
+
+// Which keys a query row may see besides the mask.
+//   upper_left:  query i sees keys j <= i            (PyTorch's is_causal)
+//   lower_right: query i sees keys j <= i + S - L    (the KV-cache convention)
+enum class Causal { none, upper_left, lower_right };
+
+struct Options {
+  // Boolean (true = may attend) or additive, of the inputs' float dtype;
+  // broadcastable to (..., Hq, L, S), read through its strides.
+  std::optional<TensorView> mask;
+  Causal causal = Causal::none;
+  // Default 1/sqrt(E); any finite value.
+  std::optional<double> scale;
+  // attention() only: log-sum-exp of the scaled, masked scores, shape
+  // (..., Hq, L), in the inputs' dtype; -inf for a row that sees no key.
+  std::optional<OutputView> lse;
+};
+
+// Bad arguments. Both derive from std::invalid_argument; the Python module
+// raises ValueError for argument_error and TypeError for dtype_error, with
+// the same message.
+class argument_error : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+class dtype_error : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// The result shape of attention(query, key, value, options); checks the
+// inputs and options (not the outputs) and throws as attention() would.
+Dims attention_shape(const TensorView& query, const TensorView& key, const TensorView& value,
+                     const Options& options = {});
+
+// Writes the attention result into out. Every argument is checked before
+// anything is written; on an exception out and lse are left untouched.
+// A query row that sees no key gets zeros (and an LSE of -inf).
+void attention(const TensorView& query, const TensorView& key, const TensorView& value,
+               const OutputView& out, const Options& options = {});
+
+// The shape (..., Hq, L, S) of attention_weights(query, key, options).
+Dims attention_weights_shape(const TensorView& query, const TensorView& key,
+                             const Options& options = {});
+
+// Writes the softmax probabilities softmax(query · keyᵀ · scale + mask) into
+// weights; each row sums to 1, a row that sees no key is all zeros.
+void attention_weights(const TensorView& query, const TensorView& key, const OutputView& weights,
+                       const Options& options = {});
+
+// Threads used by one call. Until set, OpenMP's default for the calling
+// thread (which honours OMP_NUM_THREADS). n must be >= 1.
+int get_num_threads();
+void set_num_threads(int n);
+
+// What show_config() reports.
+struct RuntimeInfo {
+  std::string version;
+  std::string compiler;
+  std::string build_type;
+  std::string build_flags;
+  std::string openmp;          // OpenMP version, or "disabled"
+  std::string cpu;             // brand string
+  std::vector<std::string> cpu_features;  // those the CPU and OS both support
+  std::string kernel;          // micro-kernel set selected for this CPU
+  int num_threads = 1;
+};
+
+RuntimeInfo runtime_info();
+
+}  // namespace dotattn

@@ -1,0 +1,59 @@
+// The public entry points: check, then run the loop for the dtype.
+#include <cstdint>
+
+#include "dotattn/dotattn.hpp"
+#include "loops.hpp"
+#include "problem.hpp"
+
+namespace dotattn {
+
+const char* dtype_name(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::boolean: return "bool";
+  }
+  return "unknown";
+}
+
+Dims contiguous_strides(const Dims& shape) {
+  Dims strides(shape.size());
+  std::int64_t stride = 1;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    strides[d] = stride;
+    stride *= shape[d];
+  }
+  return strides;
+}
+
+Dims attention_shape(const TensorView& query, const TensorView& key, const TensorView& value,
+                     const Options& options) {
+  const detail::Problem p = detail::check_attention(query, key, value, nullptr, options);
+  return detail::result_shape(query.shape, p.Ev);
+}
+
+void attention(const TensorView& query, const TensorView& key, const TensorView& value,
+               const OutputView& out, const Options& options) {
+  const detail::Problem p = detail::check_attention(query, key, value, &out, options);
+  if (p.dtype == DType::float32)
+    detail::attention_loop<float>(p);
+  else
+    detail::attention_loop<double>(p);
+}
+
+Dims attention_weights_shape(const TensorView& query, const TensorView& key,
+                             const Options& options) {
+  const detail::Problem p = detail::check_weights(query, key, nullptr, options);
+  return detail::result_shape(query.shape, p.S);
+}
+
+void attention_weights(const TensorView& query, const TensorView& key, const OutputView& weights,
+                       const Options& options) {
+  const detail::Problem p = detail::check_weights(query, key, &weights, options);
+  if (p.dtype == DType::float32)
+    detail::weights_loop<float>(p);
+  else
+    detail::weights_loop<double>(p);
+}
+
+}  // namespace dotattn

@@ -1,0 +1,308 @@
+// Argument checks shared by the C++ API and the Python module: every message
+// names the argument and the shapes involved, and nothing is written before
+// all of them pass.
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "problem.hpp"
+
+namespace dotattn::detail {
+namespace {
+
+std::string format_shape(const Dims& shape) {
+  std::ostringstream os;
+  os << '(';
+  for (std::size_t d = 0; d < shape.size(); ++d) os << (d ? ", " : "") << shape[d];
+  os << (shape.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+std::string described(const char* name, const Dims& shape) {
+  return std::string(name) + " " + format_shape(shape);
+}
+
+std::size_t itemsize(DType dtype) {
+  switch (dtype) {
+    case DType::float32: return 4;
+    case DType::float64: return 8;
+    case DType::boolean: return 1;
+  }
+  return 1;
+}
+
+std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* name, const Dims& shape) {
+  std::int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r))
+    throw argument_error(described(name, shape) + " has more elements than fit in 64 bits");
+  return r;
+}
+
+std::int64_t element_count(const char* name, const Dims& shape) {
+  std::int64_t n = 1;
+  for (std::int64_t s : shape) n = checked_mul(n, s, name, shape);
+  return n;
+}
+
+void check_sizes(const char* name, const Dims& shape) {
+  for (std::int64_t s : shape)
+    if (s < 0) throw argument_error(described(name, shape) + " has a negative size");
+  element_count(name, shape);
+}
+
+void check_view(const char* name, const TensorView& t) {
+  if (t.strides.size() != t.shape.size())
+    throw argument_error(described(name, t.shape) + " has " + std::to_string(t.shape.size()) +
+                         " dims but " + std::to_string(t.strides.size()) + " strides");
+  check_sizes(name, t.shape);
+  if (t.data == nullptr && element_count(name, t.shape) > 0)
+    throw argument_error(std::string(name) + " has a null data pointer");
+}
+
+void check_output(const char* name, const OutputView& t) {
+  check_sizes(name, t.shape);
+  if (t.data == nullptr && element_count(name, t.shape) > 0)
+    throw argument_error(std::string(name) + " has a null data pointer");
+}
+
+void check_float_dtype(const char* name, DType dtype) {
+  if (dtype != DType::float32 && dtype != DType::float64)
+    throw dtype_error(std::string(name) + " has dtype " + dtype_name(dtype) +
+                      "; expected float32 or float64");
+}
+
+// The byte range [lo, hi) a view can touch; empty (lo == hi) if it has no
+// elements. Used to refuse outputs that share memory with an input.
+struct Extent {
+  std::uintptr_t lo = 0, hi = 0;
+  bool overlaps(const Extent& o) const { return lo < hi && o.lo < o.hi && lo < o.hi && o.lo < hi; }
+};
+
+Extent extent_of(const char* name, const void* data, DType dtype, const Dims& shape,
+                 const Dims& strides) {
+  std::int64_t lo = 0, hi = 0;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 0) return {};
+    const std::int64_t reach = checked_mul(shape[d] - 1, strides[d], name, shape);
+    if (__builtin_add_overflow(reach < 0 ? lo : hi, reach, reach < 0 ? &lo : &hi))
+      throw argument_error(described(name, shape) + " has strides that overflow 64 bits");
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(data);
+  const auto size = static_cast<std::int64_t>(itemsize(dtype));
+  return {base + static_cast<std::uintptr_t>(lo * size),
+          base + static_cast<std::uintptr_t>((hi + 1) * size)};
+}
+
+Extent extent_of(const char* name, const TensorView& t) {
+  return extent_of(name, t.data, t.dtype, t.shape, t.strides);
+}
+
+Extent extent_of(const char* name, const OutputView& t) {
+  return extent_of(name, t.data, t.dtype, t.shape, contiguous_strides(t.shape));
+}
+
+void check_unit_inner_stride(const char* name, const TensorView& t) {
+  if (t.shape.back() > 1 && t.strides.back() != 1 && element_count(name, t.shape) > 0)
+    throw argument_error(described(name, t.shape) + " must have unit stride in its last dim, got " +
+                         std::to_string(t.strides.back()) +
+                         " (the Python API copies such inputs once; the C++ API does not copy)");
+}
+
+Layout layout_of(const TensorView& t, std::size_t batch_dims) {
+  Layout l;
+  l.data = t.data;
+  l.batch.assign(t.strides.begin(), t.strides.begin() + static_cast<std::ptrdiff_t>(batch_dims));
+  const std::size_t nd = t.shape.size();
+  l.head = nd >= 3 ? t.strides[nd - 3] : 0;
+  l.row = t.strides[nd - 2];
+  l.col = t.strides[nd - 1];
+  return l;
+}
+
+// query/key/value sizes and layouts; value is null for attention_weights.
+Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v) {
+  const std::string operands = v ? "query, key and value" : "query and key";
+  check_view("query", q);
+  check_view("key", k);
+  if (v) check_view("value", *v);
+  check_float_dtype("query", q.dtype);
+  check_float_dtype("key", k.dtype);
+  if (v) check_float_dtype("value", v->dtype);
+  if (k.dtype != q.dtype || (v && v->dtype != q.dtype))
+    throw dtype_error(operands + " must have one dtype; got " + dtype_name(q.dtype) + ", " +
+                      dtype_name(k.dtype) + (v ? std::string(", ") + dtype_name(v->dtype) : ""));
+
+  const std::string shapes = described("query", q.shape) + ", " + described("key", k.shape) +
+                             (v ? ", " + described("value", v->shape) : "");
+  const std::size_t nd = q.shape.size();
+  if (nd < 2 || k.shape.size() != nd || (v && v->shape.size() != nd))
+    throw argument_error(operands +
+                         " must have the same number of dims, at least 2: (..., H, L, E), "
+                         "(..., H, S, E), (..., H, S, Ev) or (L, E), (S, E), (S, Ev); got " +
+                         shapes);
+  const std::size_t batch_dims = nd >= 3 ? nd - 3 : 0;
+  for (std::size_t d = 0; d < batch_dims; ++d)
+    if (k.shape[d] != q.shape[d] || (v && v->shape[d] != q.shape[d]))
+      throw argument_error(operands + " must have equal batch dims; got " + shapes);
+
+  Problem p;
+  p.dtype = q.dtype;
+  p.batch_shape.assign(q.shape.begin(), q.shape.begin() + static_cast<std::ptrdiff_t>(batch_dims));
+  p.batch = element_count("query", p.batch_shape);
+  p.Hq = nd >= 3 ? q.shape[nd - 3] : 1;
+  p.Hkv = nd >= 3 ? k.shape[nd - 3] : 1;
+  p.L = q.shape[nd - 2];
+  p.E = q.shape[nd - 1];
+  p.S = k.shape[nd - 2];
+  p.Ev = v ? v->shape[nd - 1] : 0;
+
+  if (k.shape[nd - 1] != p.E)
+    throw argument_error("query and key must have the same last dim E; got query E=" +
+                         std::to_string(p.E) + ", key E=" + std::to_string(k.shape[nd - 1]) +
+                         ": " + shapes);
+  if (v && v->shape[nd - 2] != p.S)
+    throw argument_error("key and value must have the same length S; got key S=" +
+                         std::to_string(p.S) + ", value S=" + std::to_string(v->shape[nd - 2]) +
+                         ": " + shapes);
+  if (v && nd >= 3 && v->shape[nd - 3] != p.Hkv)
+    throw argument_error("key and value must have the same number of heads; got key " +
+                         std::to_string(p.Hkv) + ", value " + std::to_string(v->shape[nd - 3]) +
+                         ": " + shapes);
+  if (p.Hkv == 0 ? p.Hq != 0 : p.Hq % p.Hkv != 0)
+    throw argument_error("the query heads Hq=" + std::to_string(p.Hq) +
+                         " must be a multiple of the key/value heads Hkv=" +
+                         std::to_string(p.Hkv) + ": " + shapes);
+
+  check_unit_inner_stride("query", q);
+  check_unit_inner_stride("key", k);
+  if (v) check_unit_inner_stride("value", *v);
+  p.q = layout_of(q, batch_dims);
+  p.k = layout_of(k, batch_dims);
+  if (v) p.v = layout_of(*v, batch_dims);
+  return p;
+}
+
+void check_scale(Problem& p, const Options& options) {
+  if (!options.scale) {
+    if (p.E == 0)
+      throw argument_error(
+          "query has E=0, for which the default scale 1/sqrt(E) is undefined; pass scale");
+    p.scale = 1.0 / std::sqrt(static_cast<double>(p.E));
+    return;
+  }
+  const double s = *options.scale;
+  if (!std::isfinite(s))
+    throw argument_error("scale must be finite, got " + std::to_string(s));
+  if (p.dtype == DType::float32 && !std::isfinite(static_cast<float>(s)))
+    throw argument_error("scale=" + std::to_string(s) + " overflows float32, the inputs' dtype");
+  p.scale = s;
+}
+
+// Broadcasts the mask to (batch..., Hq, L, S) through zero strides, as NumPy
+// broadcasting would, without materialising it.
+void check_mask(Problem& p, const Options& options, const Dims& query_shape) {
+  if (!options.mask) return;
+  const TensorView& m = *options.mask;
+  check_view("attn_mask", m);
+  if (m.dtype != DType::boolean && m.dtype != p.dtype)
+    throw dtype_error(std::string("attn_mask has dtype ") + dtype_name(m.dtype) +
+                      "; expected bool (True = may attend) or the inputs' dtype " +
+                      dtype_name(p.dtype) + " (added to the scores)");
+
+  Dims target = result_shape(query_shape, p.S);
+  const std::size_t nt = target.size();
+  const std::size_t nm = m.shape.size();
+  const auto fail = [&] {
+    throw argument_error(described("attn_mask", m.shape) + " is not broadcastable to " +
+                         format_shape(target) + ", the shape of the attention weights");
+  };
+  if (nm > nt) fail();
+  Dims strides(nt, 0);
+  for (std::size_t i = 0; i < nm; ++i) {
+    const std::size_t t = nt - nm + i;
+    if (m.shape[i] == target[t])
+      strides[t] = m.strides[i];
+    else if (m.shape[i] != 1)
+      fail();  // a size-1 dim broadcasts: its stride stays 0
+  }
+  const std::size_t batch_dims = p.batch_shape.size();
+  p.mask_kind = m.dtype == DType::boolean ? MaskKind::boolean : MaskKind::additive;
+  p.mask.data = m.data;
+  p.mask.batch.assign(strides.begin(), strides.begin() + static_cast<std::ptrdiff_t>(batch_dims));
+  p.mask.head = nt >= 3 ? strides[nt - 3] : 0;
+  p.mask.row = strides[nt - 2];
+  p.mask.col = strides[nt - 1];
+}
+
+void check_options(Problem& p, const Options& options, const Dims& query_shape) {
+  check_scale(p, options);
+  check_mask(p, options, query_shape);
+  p.causal = options.causal;
+}
+
+void check_result_buffer(const char* name, const OutputView& o, const Problem& p,
+                         const Dims& expected) {
+  check_output(name, o);
+  if (o.dtype != p.dtype)
+    throw dtype_error(std::string(name) + " has dtype " + dtype_name(o.dtype) +
+                      " but the result is " + dtype_name(p.dtype));
+  if (o.shape != expected)
+    throw argument_error(described(name, o.shape) + " does not match the result's shape " +
+                         format_shape(expected));
+}
+
+void check_no_overlap(const char* name, const Extent& written, const TensorView& q,
+                      const TensorView& k, const TensorView* v, const Options& options) {
+  const auto refuse_if = [&](const char* input, const Extent& read) {
+    if (written.overlaps(read))
+      throw argument_error(std::string(name) + " overlaps " + input +
+                           "; an output must not share memory with an input");
+  };
+  refuse_if("query", extent_of("query", q));
+  refuse_if("key", extent_of("key", k));
+  if (v) refuse_if("value", extent_of("value", *v));
+  if (options.mask) refuse_if("attn_mask", extent_of("attn_mask", *options.mask));
+}
+
+}  // namespace
+
+Problem check_attention(const TensorView& query, const TensorView& key, const TensorView& value,
+                        const OutputView* out, const Options& options) {
+  Problem p = check_qkv(query, key, &value);
+  check_options(p, options, query.shape);
+  if (!out) return p;
+
+  const Dims expected = result_shape(query.shape, p.Ev);
+  check_result_buffer("out", *out, p, expected);
+  const Extent out_extent = extent_of("out", *out);
+  check_no_overlap("out", out_extent, query, key, &value, options);
+  p.out = out->data;
+  if (options.lse) {
+    const OutputView& lse = *options.lse;
+    const Dims lse_shape(query.shape.begin(), query.shape.end() - 1);
+    check_result_buffer("lse", lse, p, lse_shape);
+    const Extent lse_extent = extent_of("lse", lse);
+    check_no_overlap("lse", lse_extent, query, key, &value, options);
+    if (lse_extent.overlaps(out_extent))
+      throw argument_error("lse overlaps out; the two outputs must not share memory");
+    p.lse = lse.data;
+  }
+  return p;
+}
+
+Problem check_weights(const TensorView& query, const TensorView& key, const OutputView* weights,
+                      const Options& options) {
+  if (options.lse)
+    throw argument_error("lse is an output of attention(), not of attention_weights()");
+  Problem p = check_qkv(query, key, nullptr);
+  check_options(p, options, query.shape);
+  if (!weights) return p;
+
+  check_result_buffer("weights", *weights, p, result_shape(query.shape, p.S));
+  check_no_overlap("weights", extent_of("weights", *weights), query, key, nullptr, options);
+  p.out = weights->data;
+  return p;
+}
+
+}  // namespace dotattn::detail

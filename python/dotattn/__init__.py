@@ -1,0 +1,28 @@
+"""dotattn: scaled dot-product attention on the CPU.
+
+``dotattn.attention(query, key, value)`` computes
+``softmax(query @ key.T * scale + mask) @ value`` over NumPy arrays, reading
+them in place, with a cache-blocked online softmax in C++ and OpenMP
+threads. ``dotattn.reference`` is the NumPy float64 definition of the same
+semantics.
+"""
+
+from . import reference
+from ._api import (
+    attention,
+    attention_weights,
+    get_num_threads,
+    set_num_threads,
+    show_config,
+)
+from ._core import __version__
+
+__all__ = [
+    "__version__",
+    "attention",
+    "attention_weights",
+    "get_num_threads",
+    "reference",
+    "set_num_threads",
+    "show_config",
+]

@@ -1,0 +1,191 @@
+"""The public functions: argument preparation and documentation over the
+compiled core. Shapes, dtypes, masks and outputs are checked in C++
+(cpp/src/check.cpp), so C++ callers get the same messages."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "attention",
+    "attention_weights",
+    "get_num_threads",
+    "set_num_threads",
+    "show_config",
+]
+
+def _needs_copy(a: np.ndarray, *, unit_last_stride: bool) -> bool:
+    """Whether the core cannot read `a` in place: a non-native byte order, a
+    misaligned buffer, byte strides that are not whole elements or, for
+    query/key/value, a non-unit stride in the last dim."""
+    if not a.dtype.isnative or not a.flags.aligned:
+        return True
+    if any(s % a.itemsize for s in a.strides):
+        return True
+    return unit_last_stride and a.ndim > 0 and a.size > 0 and a.shape[-1] > 1 and a.strides[-1] != a.itemsize
+
+
+def _readable(x: Any, name: str, *, is_mask: bool = False) -> np.ndarray:
+    """`x` as an array the core reads in place; copied once only when it must be."""
+    a = np.asarray(x)
+    is_float = a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)
+    if not (is_float or (is_mask and a.dtype.kind == "b")):
+        expected = "bool or the inputs' float dtype" if is_mask else "float32 or float64"
+        raise TypeError(f"{name} has dtype {a.dtype}; expected {expected}")
+    if _needs_copy(a, unit_last_stride=not is_mask):
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    return a
+
+
+def _causal(is_causal: Any) -> _core.Causal:
+    if isinstance(is_causal, (bool, np.bool_)):
+        return _core.Causal.upper_left if is_causal else _core.Causal.none
+    if isinstance(is_causal, str) and is_causal in ("upper_left", "lower_right"):
+        return getattr(_core.Causal, is_causal)
+    message = f"is_causal must be False, True, 'upper_left' or 'lower_right'; got {is_causal!r}"
+    raise (ValueError if isinstance(is_causal, str) else TypeError)(message)
+
+
+def _scale(scale: Any) -> float | None:
+    if scale is None:
+        return None
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None; got {scale!r}")
+    return float(scale)
+
+
+def _output(out: Any) -> np.ndarray | None:
+    if out is not None and not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray; got {type(out).__name__}")
+    return out
+
+
+def attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    *,
+    attn_mask: Any = None,
+    is_causal: bool | str = False,
+    scale: float | None = None,
+    out: np.ndarray | None = None,
+    return_lse: bool = False,
+) -> Any:
+    """Scaled dot-product attention: ``softmax(query @ key.T * scale + mask) @ value``.
+
+    Parameters
+    ----------
+    query : array_like, shape (..., Hq, L, E) or (L, E)
+    key : array_like, shape (..., Hkv, S, E) or (S, E)
+    value : array_like, shape (..., Hkv, S, Ev) or (S, Ev)
+        float32 or float64, one dtype for all three. The leading batch dims
+        ``...`` are equal. Hq must be a multiple of Hkv: query head ``h``
+        reads key/value head ``h // (Hq // Hkv)`` (grouped-query and
+        multi-query attention), without copying key or value.
+    attn_mask : array_like, optional
+        Broadcastable to (..., Hq, L, S). Boolean: True means the query may
+        attend to the key. Float (the inputs' dtype): added to the scores,
+        ``-inf`` masks. Broadcast through strides, never materialised.
+    is_causal : bool or str, default False
+        ``True`` or ``"upper_left"``: query ``i`` sees keys ``j <= i``
+        (PyTorch's ``is_causal``). ``"lower_right"``: query ``i`` sees keys
+        ``j <= i + S - L``, the KV-cache convention. Combines with attn_mask.
+    scale : float, optional
+        Multiplies the scores; default ``1 / sqrt(E)``. Must be finite.
+    out : numpy.ndarray, optional
+        Writable, C-contiguous, of the result's shape and dtype, sharing no
+        memory with an input; written in place and returned.
+    return_lse : bool, default False
+        Also return the log-sum-exp of the scaled, masked scores, shape
+        (..., Hq, L), in the inputs' dtype.
+
+    Returns
+    -------
+    out : numpy.ndarray, shape (..., Hq, L, Ev) or (L, Ev)
+        In the inputs' dtype. A query row that sees no key (fully masked, or
+        S == 0) is zeros, with an LSE of -inf.
+    (out, lse) if return_lse.
+
+    Notes
+    -----
+    float32 computes in float32 with a max-subtracted online softmax that
+    never forms the L x S score matrix; float64 in float64. Inputs whose last
+    dim has unit stride are read in place whatever their other strides (e.g.
+    ``x.transpose(0, 2, 1, 3)``); other layouts (a strided last dim,
+    non-native byte order, misaligned data) are copied once. The GIL is
+    released while computing. Bad arguments raise ValueError or TypeError
+    naming the argument and shapes, and leave ``out`` untouched.
+    """
+    result, lse = _core.attention(
+        _readable(query, "query"),
+        _readable(key, "key"),
+        _readable(value, "value"),
+        None if attn_mask is None else _readable(attn_mask, "attn_mask", is_mask=True),
+        _causal(is_causal),
+        _scale(scale),
+        _output(out),
+        bool(return_lse),
+    )
+    return (result, lse) if return_lse else result
+
+
+def attention_weights(
+    query: Any,
+    key: Any,
+    *,
+    attn_mask: Any = None,
+    is_causal: bool | str = False,
+    scale: float | None = None,
+) -> np.ndarray:
+    """The attention weights ``softmax(query @ key.T * scale + mask)``.
+
+    How much each query token draws from each key token: shape
+    (..., Hq, L, S) (or (L, S) for 2-D inputs), each row summing to 1, a row
+    that sees no key all zeros. Arguments as in :func:`attention`;
+    ``attention(q, k, v)`` equals ``attention_weights(q, k) @ v`` up to
+    rounding, for any masks.
+    """
+    return _core.attention_weights(
+        _readable(query, "query"),
+        _readable(key, "key"),
+        None if attn_mask is None else _readable(attn_mask, "attn_mask", is_mask=True),
+        _causal(is_causal),
+        _scale(scale),
+    )
+
+
+def get_num_threads() -> int:
+    """Threads one call uses: the value of set_num_threads(), or else
+    OpenMP's default (which honours OMP_NUM_THREADS)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n >= 1`` threads per call from now on, in every Python thread."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"set_num_threads: n must be an int; got {n!r}")
+    _core.set_num_threads(int(n))
+
+
+def show_config(mode: str = "stdout") -> dict[str, Any] | None:
+    """The build and the machine as dotattn sees them: version, compiler,
+    build flags, OpenMP, CPU and its features, the kernel selected, threads.
+
+    ``mode="stdout"`` prints them; ``mode="dicts"`` returns them as a dict.
+    """
+    info = _core.runtime_info()
+    info["numpy"] = np.__version__
+    if mode == "dicts":
+        return info
+    if mode != "stdout":
+        raise ValueError(f"mode must be 'stdout' or 'dicts'; got {mode!r}")
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        text = " ".join(v) if isinstance(v, list) else v
+        print(f"{k:>{width}}: {text}")
+    return None

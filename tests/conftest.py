@@ -1,0 +1,91 @@
+"""Shared fixtures and the one comparison every test makes against
+dotattn.reference. The tolerances themselves are dotattn.reference.TOLERANCES
+(also used by `python -m dotattn`): float32 ||out - ref|| / ||ref|| <= 1e-5 and
+max|out - ref| <= 1e-5 * max|ref|; float64 the same with 1e-12.
+
+The float32 bounds presume scores of moderate size, as standard-normal data
+gives (|scale * q.k| up to a few tens): a float32 score carries an absolute
+rounding error of about |score| * 6e-8 that no float32 kernel avoids, and the
+softmax passes it on as a relative error of the same size. Tests of large
+scores therefore use small-integer data, whose scores are exact in float32."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import dotattn
+from dotattn.reference import TOLERANCES, errors
+
+DTYPES = [np.float32, np.float64]
+
+settings.register_profile(
+    "default", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """Random data of its own for each test case, the same on every run."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def restore_threads():
+    """Leaves the thread count as the test found it."""
+    before = dotattn.get_num_threads()
+    yield
+    dotattn.set_num_threads(before)
+
+
+def qkv(rng, dtype, *, batch=(1,), Hq=2, Hkv=None, L=16, S=16, E=32, Ev=None):
+    """Standard-normal query, key and value of shapes (*batch, H, L|S, E|Ev);
+    batch=None gives the 2-D single-head case."""
+    Hkv = Hq if Hkv is None else Hkv
+    Ev = E if Ev is None else Ev
+    lead_q = () if batch is None else (*batch, Hq)
+    lead_kv = () if batch is None else (*batch, Hkv)
+    q = rng.standard_normal((*lead_q, L, E)).astype(dtype)
+    k = rng.standard_normal((*lead_kv, S, E)).astype(dtype)
+    v = rng.standard_normal((*lead_kv, S, Ev)).astype(dtype)
+    return q, k, v
+
+
+def assert_matches(out, ref, dtype) -> None:
+    """out has the dtype asked for and matches the float64 reference: the same
+    NaN and inf positions, and the finite values within TOLERANCES."""
+    out = np.asarray(out)
+    ref = np.asarray(ref)
+    assert out.dtype == np.dtype(dtype)
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref), err_msg="NaN positions differ")
+    np.testing.assert_array_equal(np.isposinf(out), np.isposinf(ref), err_msg="+inf positions differ")
+    np.testing.assert_array_equal(np.isneginf(out), np.isneginf(ref), err_msg="-inf positions differ")
+    relative, elementwise = errors(out, ref)
+    tol = TOLERANCES[np.dtype(dtype)]
+    assert relative <= tol["relative"], f"relative error {relative:.3g} > {tol['relative']:g}"
+    assert elementwise <= tol["elementwise"], f"elementwise error {elementwise:.3g} > {tol['elementwise']:g}"
+
+
+def check_attention(q, k, v, **kwargs) -> np.ndarray:
+    """dotattn.attention (with its LSE) against the reference; returns out."""
+    out, lse = dotattn.attention(q, k, v, return_lse=True, **kwargs)
+    ref, ref_lse = dotattn.reference.attention(q, k, v, return_lse=True, **kwargs)
+    assert_matches(out, ref, q.dtype)
+    assert_matches(lse, ref_lse, q.dtype)
+    return out
+
+
+def check_weights(q, k, **kwargs) -> np.ndarray:
+    """dotattn.attention_weights against the reference; returns the weights."""
+    weights = dotattn.attention_weights(q, k, **kwargs)
+    assert_matches(weights, dotattn.reference.attention_weights(q, k, **kwargs), q.dtype)
+    return weights
