@@ -7,6 +7,7 @@ import pytest
 from conftest import DTYPES, assert_matches, check_attention, qkv
 
 import dotattn
+from dotattn import _core
 
 SEQ_LENGTHS = [1, 2, 3, 7, 63, 64, 65, 127, 1000]
 HEAD_DIMS = [1, 3, 8, 32, 64, 80, 96, 128, 256]
@@ -132,6 +133,14 @@ def test_layouts_the_core_cannot_read_are_copied(rng, dtype):
     assert not misaligned.flags.aligned
     out = dotattn.attention(strided_last, swapped, misaligned)
     assert_matches(out, dotattn.reference.attention(strided_last, k, v), dtype)
+    # The core itself refuses what the wrapper must copy, so passing above
+    # means the wrapper copied.
+    with pytest.raises(ValueError, match="value must be aligned to its dtype"):
+        _core.attention(q, k, misaligned, None, _core.Causal.none, None, None, False)
+    with pytest.raises(ValueError, match="query .* must have unit stride in its last dim, got 2"):
+        _core.attention(strided_last, k, v, None, _core.Causal.none, None, None, False)
+    with pytest.raises(TypeError, match="key has dtype >f"):
+        _core.attention(q, swapped, v, None, _core.Causal.none, None, None, False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -30,8 +30,9 @@ dotattn::Dims shape_of(const py::array& a) {
   return dotattn::Dims(a.shape(), a.shape() + a.ndim());
 }
 
-// Element strides of a; the Python layer copies arrays whose byte strides
-// are not whole elements, so this only guards the C++ side.
+// Element strides of a. The Python layer copies arrays whose byte strides
+// are not whole elements (and misaligned ones), so these checks only make
+// sure the core never reads such an array.
 dotattn::Dims element_strides(const py::array& a, const char* name) {
   dotattn::Dims strides(static_cast<std::size_t>(a.ndim()));
   for (py::ssize_t d = 0; d < a.ndim(); ++d) {
@@ -42,8 +43,13 @@ dotattn::Dims element_strides(const py::array& a, const char* name) {
   return strides;
 }
 
+bool aligned(const py::array& a) { return a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_; }
+
 dotattn::TensorView input_view(const py::array& a, const char* name) {
-  return {a.data(), dtype_of(a, name), shape_of(a), element_strides(a, name)};
+  const dotattn::DType dtype = dtype_of(a, name);
+  if (!aligned(a))
+    throw dotattn::argument_error(std::string(name) + " must be aligned to its dtype");
+  return {a.data(), dtype, shape_of(a), element_strides(a, name)};
 }
 
 dotattn::OutputView output_view(py::array& a, const char* name) {
@@ -51,7 +57,7 @@ dotattn::OutputView output_view(py::array& a, const char* name) {
   if (!a.writeable()) throw dotattn::argument_error(std::string(name) + " is read-only");
   if (!(a.flags() & py::array::c_style))
     throw dotattn::argument_error(std::string(name) + " must be C-contiguous");
-  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+  if (!aligned(a))
     throw dotattn::argument_error(std::string(name) + " must be aligned to its dtype");
   return {a.mutable_data(), dtype, shape_of(a)};
 }

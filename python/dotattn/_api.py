@@ -38,7 +38,7 @@ def _readable(x: Any, name: str, *, is_mask: bool = False) -> np.ndarray:
         expected = "bool or the inputs' float dtype" if is_mask else "float32 or float64"
         raise TypeError(f"{name} has dtype {a.dtype}; expected {expected}")
     if _needs_copy(a, unit_last_stride=not is_mask):
-        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
     return a
 
 
