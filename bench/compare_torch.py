@@ -13,10 +13,9 @@ import argparse
 import statistics
 import time
 
+import dotattn
 import numpy as np
 import torch
-
-import dotattn
 
 SHAPES = {  # B, Hq, Hkv, L, S, E, causal
     "prefill": (1, 16, 16, 1024, 1024, 64, False),
@@ -29,9 +28,9 @@ SHAPES = {  # B, Hq, Hkv, L, S, E, causal
 RUNS = {"causal": 3, "long": 3, "tiny": 201}
 
 
-def seconds(fn) -> float:
+def seconds(fn, *args, **kwargs) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     return time.perf_counter() - start
 
 
@@ -40,12 +39,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     threads = parser.parse_args().threads
     torch.set_num_threads(threads)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     dotattn.set_num_threads(threads)
 
     a = np.random.default_rng(1).standard_normal((4096, 4096), dtype=np.float32)
-    gemm = 2 * 4096**3 / statistics.median(seconds(lambda: a @ a) for _ in range(5)) / 1e9
+    gemm = 2 * 4096**3 / statistics.median(seconds(np.matmul, a, a) for _ in range(5)) / 1e9
     print(f"threads {threads}; numpy sgemm 4096: {gemm:.1f} GFLOP/s\n")
-    print("| shape | dotattn ms | GFLOP/s | % sgemm | K+V GB/s | torch ms | GFLOP/s | dotattn speed / torch |")
+    print(
+        "| shape | dotattn ms | GFLOP/s | % sgemm | K+V GB/s | torch ms | GFLOP/s | dotattn speed / torch |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, (B, Hq, Hkv, L, S, E, causal) in SHAPES.items():
         rng = np.random.default_rng(0)
@@ -55,14 +57,8 @@ def main() -> None:
         tq, tk, tv = map(torch.from_numpy, (q, k, v))
         ours, theirs = [], []
         for _ in range(RUNS.get(name, 9)):
-            ours.append(seconds(lambda: dotattn.attention(q, k, v, is_causal=causal)))
-            theirs.append(
-                seconds(
-                    lambda: torch.nn.functional.scaled_dot_product_attention(
-                        tq, tk, tv, is_causal=causal, enable_gqa=Hq != Hkv
-                    )
-                )
-            )
+            ours.append(seconds(dotattn.attention, q, k, v, is_causal=causal))
+            theirs.append(seconds(sdpa, tq, tk, tv, is_causal=causal, enable_gqa=Hq != Hkv))
         o, t = statistics.median(ours), statistics.median(theirs)
         gflop = 4 * B * Hq * L * S * E * (0.5 if causal and L == S else 1.0) / 1e9
         kv_gb = 2 * B * Hkv * S * E * 4 / 1e9

@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 import zlib
 
+import dotattn
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
-
-import dotattn
 from dotattn.reference import TOLERANCES, errors
+from hypothesis import HealthCheck, settings
 
 DTYPES = [np.float32, np.float64]
 

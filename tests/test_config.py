@@ -7,7 +7,18 @@ import sys
 
 import dotattn
 
-KEYS = {"version", "compiler", "build_type", "build_flags", "openmp", "cpu", "cpu_features", "kernel", "num_threads", "numpy"}
+KEYS = {
+    "version",
+    "compiler",
+    "build_type",
+    "build_flags",
+    "openmp",
+    "cpu",
+    "cpu_features",
+    "kernel",
+    "num_threads",
+    "numpy",
+}
 
 
 def test_show_config_dicts():
@@ -32,14 +43,26 @@ def test_one_version_everywhere():
 
 def test_public_names():
     assert sorted(dotattn.__all__) == sorted(
-        ["__version__", "attention", "attention_weights", "get_num_threads", "reference", "set_num_threads", "show_config"]
+        [
+            "__version__",
+            "attention",
+            "attention_weights",
+            "get_num_threads",
+            "reference",
+            "set_num_threads",
+            "show_config",
+        ]
     )
 
 
 def test_command_line_entry_point():
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     result = subprocess.run(
-        [sys.executable, "-m", "dotattn", "--repeat", "1"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "dotattn", "--repeat", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks passed" in result.stdout

@@ -1,11 +1,10 @@
 """attn_mask (bool and additive, broadcast through strides) and is_causal
 (both alignments), alone and combined, for attention and attention_weights."""
 
+import dotattn
 import numpy as np
 import pytest
 from conftest import DTYPES, check_attention, check_weights, qkv
-
-import dotattn
 
 B, H, L, S = 2, 3, 13, 29
 
@@ -78,7 +77,9 @@ def test_strided_masks(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("is_causal", [True, "upper_left", "lower_right"])
-@pytest.mark.parametrize("L, S", [(1, 1), (5, 17), (17, 5), (64, 64), (65, 65), (100, 37), (37, 100), (130, 300)])
+@pytest.mark.parametrize(
+    "L, S", [(1, 1), (5, 17), (17, 5), (64, 64), (65, 65), (100, 37), (37, 100), (130, 300)]
+)
 def test_causal_alignments(rng, dtype, is_causal, L, S):
     q, k, v = qkv(rng, dtype, batch=(2,), Hq=2, L=L, S=S, E=16)
     check_attention(q, k, v, is_causal=is_causal)

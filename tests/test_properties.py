@@ -1,12 +1,11 @@
 """Property tests: random shapes, memory layouts, masks, causal rules, scales
 and outputs, each checked against dotattn.reference."""
 
+import dotattn
 import numpy as np
 from conftest import DTYPES, assert_matches
 from hypothesis import given
 from hypothesis import strategies as st
-
-import dotattn
 
 CAUSAL = [False, True, "upper_left", "lower_right"]
 
@@ -83,7 +82,11 @@ def test_attention_matches_the_reference(problem):
 @given(problems())
 def test_weights_match_the_reference(problem):
     q, k, _, kwargs, _ = problem
-    assert_matches(dotattn.attention_weights(q, k, **kwargs), dotattn.reference.attention_weights(q, k, **kwargs), q.dtype)
+    assert_matches(
+        dotattn.attention_weights(q, k, **kwargs),
+        dotattn.reference.attention_weights(q, k, **kwargs),
+        q.dtype,
+    )
 
 
 def shapes(min_dims=0):

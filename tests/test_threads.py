@@ -7,11 +7,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import dotattn
 import numpy as np
 import pytest
 from conftest import DTYPES, qkv
-
-import dotattn
 
 
 def test_set_and_get(restore_threads):
@@ -74,7 +73,9 @@ def test_concurrent_calls_match_serial_calls(rng):
     serial = [dotattn.attention(*c, is_causal=bool(i % 3)) for i, c in enumerate(cases)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         for _ in range(3):
-            parallel = list(pool.map(lambda ic: dotattn.attention(*ic[1], is_causal=bool(ic[0] % 3)), enumerate(cases)))
+            parallel = list(
+                pool.map(lambda ic: dotattn.attention(*ic[1], is_causal=bool(ic[0] % 3)), enumerate(cases))
+            )
             for a, b in zip(parallel, serial):
                 np.testing.assert_array_equal(a, b)
 

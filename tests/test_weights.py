@@ -1,10 +1,9 @@
 """dotattn.attention_weights against dotattn.reference (masks: test_masks.py)."""
 
+import dotattn
 import numpy as np
 import pytest
 from conftest import DTYPES, check_weights, qkv
-
-import dotattn
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -20,7 +19,9 @@ def test_shapes(rng, dtype, L, S, E):
 def test_rows_sum_to_one(rng, dtype):
     q, k, _ = qkv(rng, dtype, batch=(2,), Hq=3, L=50, S=70, E=16)
     weights = dotattn.attention_weights(q, k, is_causal=True)
-    np.testing.assert_allclose(weights.sum(-1, dtype=np.float64), 1, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(
+        weights.sum(-1, dtype=np.float64), 1, rtol=1e-5 if dtype == np.float32 else 1e-12
+    )
     assert np.all(weights >= 0)
 
 

@@ -26,6 +26,11 @@ dotattn::DType dtype_of(const py::array& a, const char* name) {
                              "; expected float32 or float64 in native byte order");
 }
 
+// "name (2, 3)", as the core's messages name an argument.
+std::string described(const py::array& a, const char* name) {
+  return std::string(name) + " " + py::str(a.attr("shape")).cast<std::string>();
+}
+
 dotattn::Dims shape_of(const py::array& a) {
   return dotattn::Dims(a.shape(), a.shape() + a.ndim());
 }
@@ -37,7 +42,8 @@ dotattn::Dims element_strides(const py::array& a, const char* name) {
   dotattn::Dims strides(static_cast<std::size_t>(a.ndim()));
   for (py::ssize_t d = 0; d < a.ndim(); ++d) {
     if (a.strides(d) % a.itemsize() != 0)
-      throw dotattn::argument_error(std::string(name) + " has a stride that is not a whole number of elements");
+      throw dotattn::argument_error(described(a, name) +
+                                    " has a stride that is not a whole number of elements");
     strides[static_cast<std::size_t>(d)] = a.strides(d) / a.itemsize();
   }
   return strides;
@@ -48,17 +54,17 @@ bool aligned(const py::array& a) { return a.flags() & py::detail::npy_api::NPY_A
 dotattn::TensorView input_view(const py::array& a, const char* name) {
   const dotattn::DType dtype = dtype_of(a, name);
   if (!aligned(a))
-    throw dotattn::argument_error(std::string(name) + " must be aligned to its dtype");
+    throw dotattn::argument_error(described(a, name) + " must be aligned to its dtype");
   return {a.data(), dtype, shape_of(a), element_strides(a, name)};
 }
 
 dotattn::OutputView output_view(py::array& a, const char* name) {
   const dotattn::DType dtype = dtype_of(a, name);
-  if (!a.writeable()) throw dotattn::argument_error(std::string(name) + " is read-only");
+  if (!a.writeable()) throw dotattn::argument_error(described(a, name) + " is read-only");
   if (!(a.flags() & py::array::c_style))
-    throw dotattn::argument_error(std::string(name) + " must be C-contiguous");
+    throw dotattn::argument_error(described(a, name) + " must be C-contiguous");
   if (!aligned(a))
-    throw dotattn::argument_error(std::string(name) + " must be aligned to its dtype");
+    throw dotattn::argument_error(described(a, name) + " must be aligned to its dtype");
   return {a.mutable_data(), dtype, shape_of(a)};
 }
 

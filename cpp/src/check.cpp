@@ -45,25 +45,25 @@ std::int64_t element_count(const char* name, const Dims& shape) {
   return n;
 }
 
-void check_sizes(const char* name, const Dims& shape) {
+std::string format_number(double x) {
+  std::ostringstream os;
+  os << x;
+  return os.str();
+}
+
+// Sizes that are not negative and whose product fits, and data unless empty.
+void check_buffer(const char* name, const void* data, const Dims& shape) {
   for (std::int64_t s : shape)
     if (s < 0) throw argument_error(described(name, shape) + " has a negative size");
-  element_count(name, shape);
+  if (data == nullptr && element_count(name, shape) > 0)
+    throw argument_error(std::string(name) + " has a null data pointer");
 }
 
 void check_view(const char* name, const TensorView& t) {
   if (t.strides.size() != t.shape.size())
     throw argument_error(described(name, t.shape) + " has " + std::to_string(t.shape.size()) +
                          " dims but " + std::to_string(t.strides.size()) + " strides");
-  check_sizes(name, t.shape);
-  if (t.data == nullptr && element_count(name, t.shape) > 0)
-    throw argument_error(std::string(name) + " has a null data pointer");
-}
-
-void check_output(const char* name, const OutputView& t) {
-  check_sizes(name, t.shape);
-  if (t.data == nullptr && element_count(name, t.shape) > 0)
-    throw argument_error(std::string(name) + " has a null data pointer");
+  check_buffer(name, t.data, t.shape);
 }
 
 void check_float_dtype(const char* name, DType dtype) {
@@ -109,14 +109,15 @@ void check_unit_inner_stride(const char* name, const TensorView& t) {
                          " (the Python API copies such inputs once; the C++ API does not copy)");
 }
 
-Layout layout_of(const TensorView& t, std::size_t batch_dims) {
+// strides as (batch..., head, row, col); 2-D operands have a single head.
+Layout layout_of(const void* data, const Dims& strides, std::size_t batch_dims) {
   Layout l;
-  l.data = t.data;
-  l.batch.assign(t.strides.begin(), t.strides.begin() + static_cast<std::ptrdiff_t>(batch_dims));
-  const std::size_t nd = t.shape.size();
-  l.head = nd >= 3 ? t.strides[nd - 3] : 0;
-  l.row = t.strides[nd - 2];
-  l.col = t.strides[nd - 1];
+  l.data = data;
+  l.batch.assign(strides.begin(), strides.begin() + static_cast<std::ptrdiff_t>(batch_dims));
+  const std::size_t nd = strides.size();
+  l.head = nd >= 3 ? strides[nd - 3] : 0;
+  l.row = strides[nd - 2];
+  l.col = strides[nd - 1];
   return l;
 }
 
@@ -177,9 +178,9 @@ Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v)
   check_unit_inner_stride("query", q);
   check_unit_inner_stride("key", k);
   if (v) check_unit_inner_stride("value", *v);
-  p.q = layout_of(q, batch_dims);
-  p.k = layout_of(k, batch_dims);
-  if (v) p.v = layout_of(*v, batch_dims);
+  p.q = layout_of(q.data, q.strides, batch_dims);
+  p.k = layout_of(k.data, k.strides, batch_dims);
+  if (v) p.v = layout_of(v->data, v->strides, batch_dims);
   return p;
 }
 
@@ -193,9 +194,9 @@ void check_scale(Problem& p, const Options& options) {
   }
   const double s = *options.scale;
   if (!std::isfinite(s))
-    throw argument_error("scale must be finite, got " + std::to_string(s));
+    throw argument_error("scale must be finite, got " + format_number(s));
   if (p.dtype == DType::float32 && !std::isfinite(static_cast<float>(s)))
-    throw argument_error("scale=" + std::to_string(s) + " overflows float32, the inputs' dtype");
+    throw argument_error("scale=" + format_number(s) + " overflows float32, the inputs' dtype");
   p.scale = s;
 }
 
@@ -210,7 +211,7 @@ void check_mask(Problem& p, const Options& options, const Dims& query_shape) {
                       "; expected bool (True = may attend) or the inputs' dtype " +
                       dtype_name(p.dtype) + " (added to the scores)");
 
-  Dims target = result_shape(query_shape, p.S);
+  const Dims target = result_shape(query_shape, p.S);
   const std::size_t nt = target.size();
   const std::size_t nm = m.shape.size();
   const auto fail = [&] {
@@ -226,13 +227,8 @@ void check_mask(Problem& p, const Options& options, const Dims& query_shape) {
     else if (m.shape[i] != 1)
       fail();  // a size-1 dim broadcasts: its stride stays 0
   }
-  const std::size_t batch_dims = p.batch_shape.size();
   p.mask_kind = m.dtype == DType::boolean ? MaskKind::boolean : MaskKind::additive;
-  p.mask.data = m.data;
-  p.mask.batch.assign(strides.begin(), strides.begin() + static_cast<std::ptrdiff_t>(batch_dims));
-  p.mask.head = nt >= 3 ? strides[nt - 3] : 0;
-  p.mask.row = strides[nt - 2];
-  p.mask.col = strides[nt - 1];
+  p.mask = layout_of(m.data, strides, p.batch_shape.size());
 }
 
 void check_options(Problem& p, const Options& options, const Dims& query_shape) {
@@ -243,7 +239,7 @@ void check_options(Problem& p, const Options& options, const Dims& query_shape) 
 
 void check_result_buffer(const char* name, const OutputView& o, const Problem& p,
                          const Dims& expected) {
-  check_output(name, o);
+  check_buffer(name, o.data, o.shape);
   if (o.dtype != p.dtype)
     throw dtype_error(std::string(name) + " has dtype " + dtype_name(o.dtype) +
                       " but the result is " + dtype_name(p.dtype));

@@ -42,7 +42,9 @@ def random_qkv(rng, dtype, B, Hq, Hkv, L, S, E, Ev):
 
 def check(rng) -> bool:
     print("\nChecks against dotattn.reference (float64):")
-    header = f"{'dtype':>8} {'B,Hq,Hkv,L,S,E,Ev':>24} {'causal':>11} {'mask':>5} {'rel.err':>9} {'max.err':>9}  ok"
+    header = (
+        f"{'dtype':>8} {'B,Hq,Hkv,L,S,E,Ev':>24} {'causal':>11} {'mask':>5} {'rel.err':>9} {'max.err':>9}  ok"
+    )
     print(header)
     all_ok = True
     for dtype in (np.float32, np.float64):
@@ -63,21 +65,24 @@ def check(rng) -> bool:
     return all_ok
 
 
-def seconds(fn) -> float:
+def seconds(fn, *args, **kwargs) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     return time.perf_counter() - start
 
 
 def timing_table(rng, repeat: int) -> None:
     print(f"\nTiming, float32, {dotattn.get_num_threads()} threads, median of {repeat} (alternating runs):")
-    print(f"{'shape':>8} {'B,Hq,Hkv,L,S,E':>22} {'dotattn ms':>11} {'GFLOP/s':>8} {'numpy ref ms':>13} {'speed-up':>9}")
+    print(
+        f"{'shape':>8} {'B,Hq,Hkv,L,S,E':>22} {'dotattn ms':>11} {'GFLOP/s':>8} "
+        f"{'numpy ref ms':>13} {'speed-up':>9}"
+    )
     for name, B, Hq, Hkv, L, S, E, is_causal in TIMINGS:
         q, k, v = random_qkv(rng, np.float32, B, Hq, Hkv, L, S, E, E)
         ours, theirs = [], []
         for _ in range(repeat):  # alternate the two so both see the same machine state
-            ours.append(seconds(lambda: dotattn.attention(q, k, v, is_causal=is_causal)))
-            theirs.append(seconds(lambda: reference.attention(q, k, v, is_causal=is_causal)))
+            ours.append(seconds(dotattn.attention, q, k, v, is_causal=is_causal))
+            theirs.append(seconds(reference.attention, q, k, v, is_causal=is_causal))
         ours, theirs = statistics.median(ours), statistics.median(theirs)
         flops = 4 * B * Hq * L * S * E * (0.5 if is_causal and L == S else 1.0)
         print(

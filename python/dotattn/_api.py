@@ -19,6 +19,7 @@ __all__ = [
     "show_config",
 ]
 
+
 def _needs_copy(a: np.ndarray, *, unit_last_stride: bool) -> bool:
     """Whether the core cannot read `a` in place: a non-native byte order, a
     misaligned buffer, byte strides that are not whole elements or, for
