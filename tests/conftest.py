@@ -22,12 +22,11 @@ from hypothesis import HealthCheck, settings
 
 DTYPES = [np.float32, np.float64]
 
-settings.register_profile(
-    "default", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile(
-    "thorough", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+# The isa fixture below is function-scoped but only selects kernels, which
+# is safe to share between the examples of one test.
+_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("default", max_examples=400, deadline=None, suppress_health_check=_HEALTH)
+settings.register_profile("thorough", max_examples=3000, deadline=None, suppress_health_check=_HEALTH)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
@@ -35,6 +34,25 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 def rng(request) -> np.random.Generator:
     """Random data of its own for each test case, the same on every run."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+# Every kernel set dotattn carries, best first. Test modules that compute run
+# once per set (pytestmark = pytest.mark.usefixtures("isa")); a set this CPU
+# lacks is skipped, with the reason in the summary (pytest -rs).
+ISAS = ["avx512", "avx2", "scalar"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test with float32 on the kernel set request.param."""
+    name = request.param
+    supported = dotattn.supported_isas()
+    if name not in supported:
+        pytest.skip(f"{name} kernels not run: this CPU supports only {', '.join(supported)}")
+    before = dotattn.get_isa()
+    dotattn.set_isa(name)
+    yield name
+    dotattn.set_isa(before)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import pytest
 from conftest import DTYPES, assert_matches, check_attention, qkv
 from dotattn import _core
 
+pytestmark = pytest.mark.usefixtures("isa")
+
 SEQ_LENGTHS = [1, 2, 3, 7, 63, 64, 65, 127, 1000]
 HEAD_DIMS = [1, 3, 8, 32, 64, 80, 96, 128, 256]
 

@@ -15,7 +15,8 @@ KEYS = {
     "openmp",
     "cpu",
     "cpu_features",
-    "kernel",
+    "isa",
+    "supported_isas",
     "num_threads",
     "numpy",
 }
@@ -25,7 +26,8 @@ def test_show_config_dicts():
     info = dotattn.show_config(mode="dicts")
     assert set(info) == KEYS
     assert info["version"] == dotattn.__version__
-    assert info["kernel"] == "scalar"
+    assert info["isa"] == dotattn.get_isa() and info["isa"] in info["supported_isas"]
+    assert info["supported_isas"] == dotattn.supported_isas()
     assert info["num_threads"] == dotattn.get_num_threads()
     assert "sse2" in info["cpu_features"]
     assert "-march=native" not in info["build_flags"]
@@ -34,7 +36,7 @@ def test_show_config_dicts():
 def test_show_config_prints(capsys):
     assert dotattn.show_config() is None
     printed = capsys.readouterr().out
-    assert f"version: {dotattn.__version__}" in printed and "kernel: scalar" in printed
+    assert f"version: {dotattn.__version__}" in printed and f"isa: {dotattn.get_isa()}" in printed
 
 
 def test_one_version_everywhere():
@@ -47,10 +49,13 @@ def test_public_names():
             "__version__",
             "attention",
             "attention_weights",
+            "get_isa",
             "get_num_threads",
             "reference",
+            "set_isa",
             "set_num_threads",
             "show_config",
+            "supported_isas",
         ]
     )
 

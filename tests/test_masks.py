@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from conftest import DTYPES, check_attention, check_weights, qkv
 
+pytestmark = pytest.mark.usefixtures("isa")
+
 B, H, L, S = 2, 3, 13, 29
 
 # Every way a mask can broadcast to (B, H, L, S).

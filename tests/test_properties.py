@@ -3,9 +3,12 @@ and outputs, each checked against dotattn.reference."""
 
 import dotattn
 import numpy as np
+import pytest
 from conftest import DTYPES, assert_matches
 from hypothesis import given
 from hypothesis import strategies as st
+
+pytestmark = pytest.mark.usefixtures("isa")
 
 CAUSAL = [False, True, "upper_left", "lower_right"]
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from conftest import DTYPES, qkv
 
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 def test_set_and_get(restore_threads):
     dotattn.set_num_threads(3)
@@ -82,7 +84,7 @@ def test_concurrent_calls_match_serial_calls(rng):
 
 def test_the_gil_is_released_while_computing(rng, restore_threads):
     dotattn.set_num_threads(1)
-    q, k, v = qkv(rng, np.float32, batch=(1,), Hq=8, L=1024, S=1024, E=64)
+    q, k, v = qkv(rng, np.float32, batch=(1,), Hq=16, L=2048, S=2048, E=64)
     done = threading.Event()
 
     def call():

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from conftest import DTYPES, check_weights, qkv
 
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("L, S", [(1, 1), (3, 7), (63, 65), (64, 64), (127, 1), (1, 1000), (200, 333)])

@@ -130,7 +130,8 @@ py::dict runtime_info() {
   d["openmp"] = info.openmp;
   d["cpu"] = info.cpu;
   d["cpu_features"] = info.cpu_features;
-  d["kernel"] = info.kernel;
+  d["isa"] = info.isa;
+  d["supported_isas"] = info.supported_isas;
   d["num_threads"] = info.num_threads;
   return d;
 }
@@ -161,6 +162,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("scale"));
   m.def("get_num_threads", &dotattn::get_num_threads);
   m.def("set_num_threads", &dotattn::set_num_threads, py::arg("n"));
+  m.def("supported_isas", &dotattn::supported_isas);
+  m.def("get_isa", &dotattn::get_isa);
+  m.def("set_isa", &dotattn::set_isa, py::arg("name"));
   m.def("runtime_info", &runtime_info);
   m.attr("__version__") = DOTATTN_VERSION;
 }

@@ -1,7 +1,10 @@
-// The blocked online-softmax (FlashAttention-style) forward pass. For each
-// block of query rows, key/value blocks are visited in order; each step is
-// score tile -> mask -> fold into the running softmax -> P·V accumulate, and
-// the L x S score matrix never exists. Extra memory: one tile per thread.
+// The blocked online-softmax (FlashAttention-style) forward pass. A work
+// item is one row block and one range of keys; its key blocks are visited
+// in order, each as score tile -> mask -> fold into the running softmax ->
+// P·V accumulate, so the L x S score matrix never exists. When the keys are
+// split into several ranges (decoding), a second pass merges each row
+// block's ranges in order. Extra memory: one tile per thread, plus the
+// ranges' states when split (bounded by choose_blocking).
 #include <algorithm>
 #include <cstdint>
 
@@ -17,46 +20,114 @@ namespace {
 
 template <class T>
 struct Tile {
-  AlignedArray<T> kp;   // packed keys, E x kp_stride
-  AlignedArray<T> s;    // scores, then weights: rows x kp_stride
-  AlignedArray<T> acc;  // rows x Ev
-  AlignedArray<T> m, l;
+  AlignedArray<T> qt;     // packed queries, E x tile_rows
+  AlignedArray<T> st;     // scores, then weights: keys x tile_rows
+  AlignedArray<T> acc;    // tile_rows x Ev
+  AlignedArray<T> saved;  // acc before the block's P·V step
+  AlignedArray<T> clean_v;  // the block's values with inf and NaN zeroed
+  AlignedArray<T> rows;   // m, l, block max, block sum, alpha
 
   Tile(const Problem& p, const Blocking& blk)
-      : kp(aligned_array<T>(p.E * blk.kp_stride)),
-        s(aligned_array<T>(blk.rows * blk.kp_stride)),
-        acc(aligned_array<T>(blk.rows * p.Ev)),
-        m(aligned_array<T>(blk.rows)),
-        l(aligned_array<T>(blk.rows)) {}
+      : qt(aligned_array<T>(p.E * blk.tile_rows)),
+        st(aligned_array<T>(blk.keys * blk.tile_rows)),
+        acc(aligned_array<T>(blk.tile_rows * p.Ev)),
+        saved(aligned_array<T>(blk.tile_rows * p.Ev)),
+        clean_v(aligned_array<T>(blk.keys * p.Ev)),
+        rows(aligned_array<T>(5 * blk.tile_rows)) {}
+
+  RowState<T> state(std::int64_t tile_rows) const {
+    T* r = rows.get();
+    return {r, r + tile_rows, acc.get(), r + 2 * tile_rows, r + 3 * tile_rows, r + 4 * tile_rows};
+  }
+};
+
+// The softmax state of row block rb over keys [j_begin, j_end).
+template <class T>
+RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
+                   const RowBlock& rb, std::int64_t j_begin, std::int64_t j_end, Tile<T>& t) {
+  const MaskedScores<T> scores(p, kern, rb, t.qt.get(), blk.tile_rows);
+  const T* v = operand_rows<T>(p, p.v, rb.b, rb.hk, 0);
+  const std::int64_t rows = rb.tile_rows();
+  const RowState<T> s = t.state(blk.tile_rows);
+  std::fill(s.m, s.m + blk.tile_rows, kNegInf<T>);
+  std::fill(s.l, s.l + blk.tile_rows, T(0));
+  std::fill(s.acc, s.acc + rows * p.Ev, T(0));
+
+  const std::int64_t end = std::min(j_end, scores.key_end());
+  for (std::int64_t j0 = j_begin; j0 < end; j0 += blk.keys) {
+    const std::int64_t keys = std::min(blk.keys, end - j0);
+    scores.compute(j0, keys, t.st.get());
+    fold_block(kern, t.st.get(), keys, blk.tile_rows, rows, p.Ev, s);
+    accumulate_values(kern, t.st.get(), blk.tile_rows, rows, keys, v + j0 * p.v.row, p.v.row, p.Ev,
+                      s.acc, t.saved.get(), t.clean_v.get());
+  }
+  return s;
+}
+
+// Output row and LSE of tile row t of rb.
+template <class T>
+T* out_row(const Problem& p, const RowBlock& rb, std::int64_t t) {
+  return static_cast<T*>(p.out) + result_offset(p, rb.b, rb.h0 + t / rb.rows, rb.r0 + t % rb.rows, p.Ev);
+}
+
+template <class T>
+T* lse_of(const Problem& p, const RowBlock& rb, std::int64_t t) {
+  return p.lse ? static_cast<T*>(p.lse) + result_offset(p, rb.b, rb.h0 + t / rb.rows, rb.r0 + t % rb.rows, 1)
+               : nullptr;
+}
+
+// The states of every key range of every row block, for the merge pass.
+template <class T>
+struct RangeStates {
+  std::int64_t tile_rows, Ev;
+  AlignedArray<T> m, l, acc;
+
+  RangeStates(std::int64_t items, std::int64_t tile_rows, std::int64_t Ev)
+      : tile_rows(tile_rows),
+        Ev(Ev),
+        m(aligned_array<T>(items * tile_rows)),
+        l(aligned_array<T>(items * tile_rows)),
+        acc(aligned_array<T>(items * tile_rows * Ev)) {}
+
+  void store(std::int64_t item, const RowState<T>& s, std::int64_t rows) {
+    std::copy(s.m, s.m + rows, m.get() + item * tile_rows);
+    std::copy(s.l, s.l + rows, l.get() + item * tile_rows);
+    std::copy(s.acc, s.acc + rows * Ev, acc.get() + item * tile_rows * Ev);
+  }
 };
 
 template <class T>
-void attend_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
-                      const Blocking& blk, const RowBlock& rb, Tile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb);
-  const T* v = operand_rows<T>(p, p.v, rb.b, rb.hk, 0);
-  const std::int64_t ld = blk.kp_stride;
+void attend_split(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk) {
+  RangeStates<T> ranges(blk.items(p), blk.tile_rows, p.Ev);
+  for_each_item(
+      blk.items(p), [&] { return Tile<T>(p, blk); },
+      [&](std::int64_t item, Tile<T>& tile) {
+        const RowBlock rb = row_block(p, blk, item / blk.splits);
+        const std::int64_t j0 = item % blk.splits * blk.split_keys;
+        ranges.store(item, attend(p, kern, blk, rb, j0, j0 + blk.split_keys, tile), rb.tile_rows());
+      });
+  for_each_item(
+      blk.row_items(p), [] { return 0; },
+      [&](std::int64_t row_item, int) {
+        const RowBlock rb = row_block(p, blk, row_item);
+        const std::int64_t first = row_item * blk.splits * blk.tile_rows;
+        for (std::int64_t t = 0; t < rb.tile_rows(); ++t)
+          merge_ranges(blk.splits, ranges.m.get() + first + t, ranges.l.get() + first + t,
+                       blk.tile_rows, ranges.acc.get() + (first + t) * p.Ev, blk.tile_rows * p.Ev,
+                       p.Ev, out_row<T>(p, rb, t), lse_of<T>(p, rb, t));
+      });
+}
 
-  std::fill(t.m.get(), t.m.get() + rb.rows, kNegInf<T>);
-  std::fill(t.l.get(), t.l.get() + rb.rows, T(0));
-  std::fill(t.acc.get(), t.acc.get() + rb.rows * p.Ev, T(0));
-
-  const std::int64_t kv_end = scores.key_end();
-  for (std::int64_t j0 = 0; j0 < kv_end; j0 += blk.keys) {
-    const std::int64_t keys = std::min(blk.keys, kv_end - j0);
-    scores.compute(j0, keys, t.kp.get(), ld, t.s.get(), ld);
-    for (std::int64_t i = 0; i < rb.rows; ++i)
-      fold_scores(kern, t.s.get() + i * ld, keys, t.m[i], t.l[i], t.acc.get() + i * p.Ev, p.Ev);
-    kern.pv_accumulate(t.s.get(), ld, rb.rows, keys, v + j0 * p.v.row, p.v.row, p.Ev,
-                       t.acc.get(), p.Ev);
-  }
-
-  const std::int64_t first_row = (rb.b * p.Hq + rb.h) * p.L + rb.r0;
-  T* out = static_cast<T*>(p.out) + first_row * p.Ev;
-  T* lse = p.lse ? static_cast<T*>(p.lse) + first_row : nullptr;
-  for (std::int64_t i = 0; i < rb.rows; ++i)
-    finish_row(t.m[i], t.l[i], t.acc.get() + i * p.Ev, p.Ev, out + i * p.Ev,
-               lse ? lse + i : nullptr);
+template <class T>
+void attend_whole(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk) {
+  for_each_item(
+      blk.items(p), [&] { return Tile<T>(p, blk); },
+      [&](std::int64_t item, Tile<T>& tile) {
+        const RowBlock rb = row_block(p, blk, item);
+        const RowState<T> s = attend(p, kern, blk, rb, 0, p.S, tile);
+        for (std::int64_t t = 0; t < rb.tile_rows(); ++t)
+          finish_row(s.m[t], s.l[t], s.acc + t * p.Ev, p.Ev, out_row<T>(p, rb, t), lse_of<T>(p, rb, t));
+      });
 }
 
 }  // namespace
@@ -64,12 +135,11 @@ void attend_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
 template <class T>
 void attention_loop(const Problem& p) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
-  const Blocking blk = choose_blocking(p, sizeof(T), kern.score_columns);
-  for_each_item(
-      blk.items(p), [&] { return Tile<T>(p, blk); },
-      [&](std::int64_t item, Tile<T>& tile) {
-        attend_row_block(p, kern, blk, row_block(p, blk, item), tile);
-      });
+  const Blocking blk = choose_blocking(p, sizeof(T), kern.row_multiple, Purpose::attention);
+  if (blk.splits > 1)
+    attend_split(p, kern, blk);
+  else
+    attend_whole(p, kern, blk);
 }
 
 template void attention_loop<float>(const Problem&);

@@ -1,6 +1,8 @@
 // Masking of a score tile: the causal rule and the user's mask, applied
 // between the score tile and the softmax. Masked scores become -inf; an
-// additive mask is added.
+// additive mask is added. Tiles are addressed as s[i * row_step + j *
+// key_step] for query row i and key j, so one code serves the transposed
+// tiles of the attention loop and the rows of the weights.
 #pragma once
 
 #include <algorithm>
@@ -10,6 +12,10 @@
 #include "problem.hpp"
 
 namespace dotattn::detail {
+
+struct TileStrides {
+  std::int64_t row_step, key_step;
+};
 
 // The causal rule as a per-row key limit: row i sees keys j <= i + offset.
 struct CausalLimit {
@@ -35,10 +41,10 @@ inline CausalLimit causal_limit(Causal causal, std::int64_t L, std::int64_t S) {
 // Sets the scores of keys [j0, j0 + keys) that rows r0.. may not see to -inf.
 template <class T>
 void mask_causal(const CausalLimit& causal, std::int64_t r0, std::int64_t rows, std::int64_t j0,
-                 std::int64_t keys, T* s, std::int64_t s_stride) {
+                 std::int64_t keys, T* s, TileStrides ts) {
   for (std::int64_t i = 0; i < rows; ++i) {
     const std::int64_t first_hidden = std::max<std::int64_t>(causal.visible_keys(r0 + i) - j0, 0);
-    std::fill(s + i * s_stride + std::min(first_hidden, keys), s + i * s_stride + keys, kNegInf<T>);
+    for (std::int64_t j = first_hidden; j < keys; ++j) s[i * ts.row_step + j * ts.key_step] = kNegInf<T>;
   }
 }
 
@@ -63,17 +69,18 @@ MaskRows mask_rows(const Problem& p, std::int64_t b, std::int64_t h, std::int64_
 // Applies the mask to the scores of rows [0, rows) and keys [j0, j0 + keys).
 template <class T>
 void mask_tile(const MaskRows& mask, std::int64_t rows, std::int64_t j0, std::int64_t keys, T* s,
-               std::int64_t s_stride) {
+               TileStrides ts) {
   if (mask.kind == MaskKind::boolean) {
     // Read as bytes: NumPy's bool is one byte, and any nonzero byte is true.
     const auto* m = static_cast<const unsigned char*>(mask.data) + j0 * mask.col;
     for (std::int64_t i = 0; i < rows; ++i)
       for (std::int64_t j = 0; j < keys; ++j)
-        if (!m[i * mask.row + j * mask.col]) s[i * s_stride + j] = kNegInf<T>;
+        if (!m[i * mask.row + j * mask.col]) s[i * ts.row_step + j * ts.key_step] = kNegInf<T>;
   } else if (mask.kind == MaskKind::additive) {
     const T* m = static_cast<const T*>(mask.data) + j0 * mask.col;
     for (std::int64_t i = 0; i < rows; ++i)
-      for (std::int64_t j = 0; j < keys; ++j) s[i * s_stride + j] += m[i * mask.row + j * mask.col];
+      for (std::int64_t j = 0; j < keys; ++j)
+        s[i * ts.row_step + j * ts.key_step] += m[i * mask.row + j * mask.col];
   }
 }
 

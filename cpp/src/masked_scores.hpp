@@ -1,7 +1,9 @@
 // The first steps of every key block, shared by the attention and weights
-// loops: pack the keys, score them against a block of query rows, and mask.
+// loops: score a block of keys against the row block's queries (packed
+// once, transposed, by the constructor) and mask the tile.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/kernels.hpp"
@@ -14,15 +16,19 @@ namespace dotattn::detail {
 template <class T>
 class MaskedScores {
  public:
-  MaskedScores(const Problem& p, const kernels::BlockKernels<T>& kern, const RowBlock& rb)
+  // qt: scratch of E x tile_rows for the packed queries.
+  MaskedScores(const Problem& p, const kernels::BlockKernels<T>& kern, const RowBlock& rb,
+               T* qt, std::int64_t tile_rows)
       : p_(p),
         kern_(kern),
         rb_(rb),
-        q_(operand_rows<T>(p, p.q, rb.b, rb.h, rb.r0)),
+        qt_(qt),
+        tile_rows_(tile_rows),
         k_(operand_rows<T>(p, p.k, rb.b, rb.hk, 0)),
-        mask_(mask_rows<T>(p, rb.b, rb.h, rb.r0)),
         causal_(causal_limit(p.causal, p.L, p.S)),
-        scale_(static_cast<T>(p.scale)) {}
+        scale_(static_cast<T>(p.scale)) {
+    pack_queries();
+  }
 
   // Row r0 + i sees keys [0, visible_keys(i)) by the causal rule.
   std::int64_t visible_keys(std::int64_t i) const { return causal_.visible_keys(rb_.r0 + i); }
@@ -30,24 +36,39 @@ class MaskedScores {
   // Keys from here on are hidden from every row of the block.
   std::int64_t key_end() const { return visible_keys(rb_.rows - 1); }
 
-  // s[i][j] for keys [j0, j0 + keys): the scaled scores with the mask and
-  // the causal rule applied. kp receives the packed keys.
-  void compute(std::int64_t j0, std::int64_t keys, T* kp, std::int64_t kp_stride, T* s,
-               std::int64_t s_stride) const {
-    kern_.pack_keys(k_ + j0 * p_.k.row, p_.k.row, keys, p_.E, kp, kp_stride);
-    kern_.score_tile(q_, p_.q.row, rb_.rows, kp, kp_stride, keys, p_.E, scale_, s, s_stride);
-    mask_tile(mask_, rb_.rows, j0, keys, s, s_stride);
-    if (causal_.active && j0 + keys > visible_keys(0))
-      mask_causal(causal_, rb_.r0, rb_.rows, j0, keys, s, s_stride);
+  // st[j][t] (j < keys, t < tile_rows, leading dimension tile_rows) for keys
+  // [j0, j0 + keys): the scaled scores with the mask and the causal rule
+  // applied.
+  void compute(std::int64_t j0, std::int64_t keys, T* st) const {
+    kern_.score_tile(qt_, tile_rows_, tile_rows_, k_ + j0 * p_.k.row, p_.k.row, keys, p_.E,
+                     scale_, st, tile_rows_);
+    const TileStrides ts{1, tile_rows_};
+    const bool crosses_diagonal = causal_.active && j0 + keys > visible_keys(0);
+    for (std::int64_t g = 0; g < rb_.heads; ++g) {
+      T* head = st + g * rb_.rows;
+      mask_tile(mask_rows<T>(p_, rb_.b, rb_.h0 + g, rb_.r0), rb_.rows, j0, keys, head, ts);
+      if (crosses_diagonal) mask_causal(causal_, rb_.r0, rb_.rows, j0, keys, head, ts);
+    }
   }
 
  private:
+  // qt[e][t] = query[t][e], zero in the padding rows.
+  void pack_queries() {
+    std::fill(qt_, qt_ + p_.E * tile_rows_, T(0));
+    for (std::int64_t g = 0; g < rb_.heads; ++g)
+      for (std::int64_t i = 0; i < rb_.rows; ++i) {
+        const T* q = operand_rows<T>(p_, p_.q, rb_.b, rb_.h0 + g, rb_.r0 + i);
+        T* column = qt_ + g * rb_.rows + i;
+        for (std::int64_t e = 0; e < p_.E; ++e) column[e * tile_rows_] = q[e];
+      }
+  }
+
   const Problem& p_;
   const kernels::BlockKernels<T>& kern_;
   RowBlock rb_;
-  const T* q_;
+  T* qt_;
+  std::int64_t tile_rows_;
   const T* k_;
-  MaskRows mask_;
   CausalLimit causal_;
   T scale_;
 };

@@ -1,20 +1,23 @@
-// The softmax of one query row, in the two forms the loops need.
+// The softmax of query rows, in the forms the loops need.
 //
-// Online (attention): blocks of scores are folded in one at a time into the
-// row's running max m, the sum l of exp(score - m), and the accumulator acc
-// of exp(score - m) * value. A new max rescales l and acc by exp(m_old - m).
+// Online (attention): each block of scores is folded into every row's
+// running max m, the sum l of exp(score - m), and the accumulator acc of
+// exp(score - m) * value; a new max rescales l and acc by exp(m_old - m).
+// Key ranges computed apart (split-K) are merged the same way.
 //
 // Whole row (attention_weights): the row is in memory, so it is normalised
 // in place.
 //
-// Edge cases, the same in both and in dotattn.reference: a row that sees no
-// key (m == -inf) gets zeros and an LSE of -inf; a NaN or +inf score makes
-// the whole row NaN.
+// Edge cases, the same in all of them and in dotattn.reference: a row that
+// sees no key (m == -inf) gets zeros and an LSE of -inf; a NaN or +inf score
+// makes the whole row NaN; a zero weight contributes nothing, not even the
+// NaN of 0 * inf.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "kernels/kernels.hpp"
@@ -30,20 +33,76 @@ T nan_max(T a, T b) {
   return (b > a || std::isnan(b)) ? b : a;
 }
 
-// Folds the scores s[0..keys) into (m, l, acc[0..Ev)) and leaves the block's
-// weights exp(s - m) in s, ready for the P·V step.
+// The running softmax state of a tile's rows: m, l (tile_rows each) and acc
+// (rows x Ev), plus room for the per-block values.
 template <class T>
-void fold_scores(const kernels::BlockKernels<T>& kern, T* s, std::int64_t keys, T& m, T& l,
-                 T* acc, std::int64_t Ev) {
-  const T m_new = nan_max(m, kern.row_max(s, keys));
-  if (m_new == kNegInf<T>) {  // nothing visible yet: exp(-inf - -inf) must not make NaN
-    std::fill(s, s + keys, T(0));
-    return;
+struct RowState {
+  T* m;
+  T* l;
+  T* acc;
+  T* block_max;  // tile_rows each
+  T* block_sum;
+  T* alpha;
+};
+
+// Folds the transposed score tile st (keys x tile_rows) into the state and
+// leaves the block's weights exp(s - m) in st, ready for the P·V step.
+template <class T>
+void fold_block(const kernels::BlockKernels<T>& kern, T* st, std::int64_t keys,
+                std::int64_t tile_rows, std::int64_t rows, std::int64_t Ev, const RowState<T>& s) {
+  kern.block_max(st, tile_rows, keys, tile_rows, s.block_max);
+  for (std::int64_t i = 0; i < tile_rows; ++i) {
+    const T m_new = nan_max(s.m[i], s.block_max[i]);
+    const bool nothing_seen = m_new == kNegInf<T>;
+    // While a row has seen nothing, its scores are -inf: exp(-inf - 0) = 0
+    // where exp(-inf - -inf) would be NaN.
+    s.alpha[i] = nothing_seen ? T(1) : std::exp(s.m[i] - m_new);
+    s.block_max[i] = nothing_seen ? T(0) : m_new;
+    s.m[i] = m_new;
   }
-  const T alpha = std::exp(m - m_new);  // 0 while m is still -inf
-  l = l * alpha + kern.exp_sum(s, keys, m_new);
-  if (alpha != T(1)) kern.rescale(acc, Ev, alpha);
-  m = m_new;
+  kern.exp_sum(st, tile_rows, keys, tile_rows, s.block_max, s.block_sum);
+  for (std::int64_t i = 0; i < tile_rows; ++i) s.l[i] = s.l[i] * s.alpha[i] + s.block_sum[i];
+  kern.scale_rows(s.acc, Ev, rows, Ev, s.alpha);
+}
+
+template <class T>
+bool all_finite(const T* x, std::int64_t n) {
+  bool finite = true;
+  for (std::int64_t i = 0; i < n; ++i) finite &= std::abs(x[i]) <= std::numeric_limits<T>::max();
+  return finite;
+}
+
+// The P·V step. The fast kernel multiplies every weight, zeros included, so
+// an inf or NaN value with zero weight (a masked slot of a KV cache holding
+// garbage) would poison the row as 0 * inf. If anything in acc became inf or
+// NaN, the block is redone from a copy of acc: the kernel runs on the values
+// with their non-finite entries zeroed (which leaves every other sum exactly
+// as it was), and the non-finite entries are then added where their weight
+// is nonzero. Costs a copy and a scan of acc per key block; clean_v holds
+// keys x Ev.
+template <class T>
+void accumulate_values(const kernels::BlockKernels<T>& kern, const T* pt, std::int64_t pt_ld,
+                       std::int64_t rows, std::int64_t keys, const T* v, std::int64_t v_stride,
+                       std::int64_t Ev, T* acc, T* saved, T* clean_v) {
+  const auto bytes = static_cast<std::size_t>(rows * Ev) * sizeof(T);
+  std::memcpy(saved, acc, bytes);
+  kern.pv_accumulate(pt, pt_ld, rows, keys, v, v_stride, Ev, acc, Ev);
+  if (all_finite(acc, rows * Ev)) return;
+
+  std::memcpy(acc, saved, bytes);
+  for (std::int64_t j = 0; j < keys; ++j)
+    for (std::int64_t e = 0; e < Ev; ++e) {
+      const T x = v[j * v_stride + e];
+      clean_v[j * Ev + e] = all_finite(&x, 1) ? x : T(0);
+    }
+  kern.pv_accumulate(pt, pt_ld, rows, keys, clean_v, Ev, Ev, acc, Ev);
+  for (std::int64_t j = 0; j < keys; ++j)
+    for (std::int64_t e = 0; e < Ev; ++e) {
+      const T x = v[j * v_stride + e];
+      if (all_finite(&x, 1)) continue;
+      for (std::int64_t i = 0; i < rows; ++i)
+        if (pt[j * pt_ld + i] != T(0)) acc[i * Ev + e] += pt[j * pt_ld + i] * x;
+    }
 }
 
 // out = acc / l and lse = m + log(l) once every block is folded in.
@@ -59,18 +118,39 @@ void finish_row(T m, T l, const T* acc, std::int64_t Ev, T* out, T* lse) {
   if (lse) *lse = m + std::log(l);
 }
 
+// One row's result from the states of its key ranges, merged in order:
+// range r holds m[r * stride], l[r * stride], acc + r * acc_stride.
+template <class T>
+void merge_ranges(std::int64_t ranges, const T* m, const T* l, std::int64_t stride, const T* acc,
+                  std::int64_t acc_stride, std::int64_t Ev, T* out, T* lse) {
+  T m_all = kNegInf<T>;
+  for (std::int64_t r = 0; r < ranges; ++r) m_all = nan_max(m_all, m[r * stride]);
+  if (m_all == kNegInf<T>) return finish_row(m_all, T(0), acc, Ev, out, lse);
+  T l_all = T(0);
+  std::fill(out, out + Ev, T(0));
+  for (std::int64_t r = 0; r < ranges; ++r) {
+    const T w = std::exp(m[r * stride] - m_all);
+    if (w == T(0)) continue;
+    l_all += w * l[r * stride];
+    for (std::int64_t e = 0; e < Ev; ++e) out[e] += w * acc[r * acc_stride + e];
+  }
+  finish_row(m_all, l_all, out, Ev, out, lse);
+}
+
 // Replaces row[0..n) by softmax(row[0..visible)) followed by zeros: the keys
 // from `visible` on are cut off by the causal rule.
 template <class T>
-void softmax_row(const kernels::BlockKernels<T>& kern, T* row, std::int64_t visible,
-                 std::int64_t n) {
-  const T m = kern.row_max(row, visible);
+void softmax_row(T* row, std::int64_t visible, std::int64_t n) {
+  T m = kNegInf<T>;
+  for (std::int64_t j = 0; j < visible; ++j) m = nan_max(m, row[j]);
   if (m == kNegInf<T>) {
     std::fill(row, row + n, T(0));
     return;
   }
-  const T sum = kern.exp_sum(row, visible, m);
-  kern.rescale(row, visible, T(1) / sum);
+  T sum = T(0);
+  for (std::int64_t j = 0; j < visible; ++j) sum += row[j] = std::exp(row[j] - m);
+  const T inv = T(1) / sum;
+  for (std::int64_t j = 0; j < visible; ++j) row[j] *= inv;
   std::fill(row + visible, row + n, std::isnan(sum) ? sum : T(0));
 }
 

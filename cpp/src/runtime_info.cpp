@@ -3,7 +3,6 @@
 #include "build_info.hpp"
 #include "cpu_features.hpp"
 #include "dotattn/dotattn.hpp"
-#include "kernels/kernels.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -44,7 +43,8 @@ RuntimeInfo runtime_info() {
   info.openmp = openmp();
   info.cpu = cpu.brand;
   info.cpu_features = cpu.names();
-  info.kernel = kernels::selected<float>().name;
+  info.isa = get_isa();
+  info.supported_isas = supported_isas();
   info.num_threads = get_num_threads();
   return info;
 }

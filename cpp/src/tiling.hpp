@@ -1,6 +1,8 @@
-// How a call is cut into tiles: blocks of query rows (the work items) and
-// blocks of keys (the steps of the online softmax), and the per-thread
-// scratch that holds one tile.
+// How a call is cut into tiles: blocks of query rows (with the query heads
+// of one key/value group together when the rows are few), blocks of keys
+// (the steps of the online softmax), and, for few long rows, ranges of keys
+// computed apart and merged (split-K). Every boundary depends on the shapes
+// alone, never on the thread count, so neither do the results.
 #pragma once
 
 #include <algorithm>
@@ -16,43 +18,77 @@ namespace dotattn::detail {
 constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 constexpr std::int64_t round_up(std::int64_t a, std::int64_t b) { return ceil_div(a, b) * b; }
 
-struct Blocking {
-  std::int64_t rows = 1;       // query rows per work item
-  std::int64_t keys = 1;       // keys per block
-  std::int64_t kp_stride = 1;  // keys padded to the score tile's column width
-  std::int64_t q_blocks = 0;   // work items per (batch, head)
+enum class Purpose { attention, weights };
 
-  std::int64_t items(const Problem& p) const { return p.batch * p.Hq * q_blocks; }
+struct Blocking {
+  std::int64_t heads = 1;        // query heads (of one key/value head) per row block
+  std::int64_t rows = 1;         // query rows per head per row block
+  std::int64_t tile_rows = 1;    // heads * rows, padded to the kernels' row multiple
+  std::int64_t keys = 1;         // keys per block
+  std::int64_t q_blocks = 0;     // row blocks per head group
+  std::int64_t head_groups = 0;  // Hq / heads
+  std::int64_t splits = 1;       // key ranges per row block
+  std::int64_t split_keys = 0;   // keys per range: a multiple of keys
+
+  std::int64_t row_items(const Problem& p) const { return p.batch * head_groups * q_blocks; }
+  std::int64_t items(const Problem& p) const { return row_items(p) * splits; }
 };
 
-// Query blocks of up to 64 rows; key blocks as large as keeps the packed
-// keys (E x keys) within 64 KiB, the L2 share one tile can count on.
+// Row blocks of up to 64 rows. Key blocks sized so that the keys, values and
+// score tile of one block (keys x (E + Ev + tile_rows)) fit in 192 KiB of
+// L2. When the row blocks are too few to keep many threads busy (decoding:
+// one row per head), the keys are split into ranges of at least 512 so that
+// there are up to 256 work items; the ranges are merged by their LSEs.
 inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
-                                std::int64_t score_columns) {
-  constexpr std::int64_t kRows = 64, kMaxKeys = 256, kPackedBytes = 64 * 1024;
+                                std::int64_t row_multiple, Purpose purpose) {
+  constexpr std::int64_t kRows = 64, kTileBytes = 192 * 1024, kMinSplitKeys = 512,
+                         kMaxItems = 256;
   Blocking b;
+  const std::int64_t group = p.heads_per_kv();
+  const bool grouped = purpose == Purpose::attention && group > 1 && group * p.L <= kRows;
+  b.heads = grouped ? group : 1;
   b.rows = std::clamp<std::int64_t>(p.L, 1, kRows);
-  const std::int64_t fit = kPackedBytes / (std::max<std::int64_t>(p.E, 1) * static_cast<std::int64_t>(elem_size));
-  b.keys = std::clamp<std::int64_t>(fit / score_columns * score_columns, score_columns, kMaxKeys);
-  b.keys = std::min(b.keys, round_up(std::max<std::int64_t>(p.S, 1), score_columns));
-  b.kp_stride = round_up(b.keys, score_columns);
+  b.tile_rows = round_up(b.heads * b.rows, row_multiple);
   b.q_blocks = ceil_div(p.L, b.rows);
+  b.head_groups = p.Hq / b.heads;
+
+  const std::int64_t per_key =
+      (p.E + p.Ev + b.tile_rows) * static_cast<std::int64_t>(elem_size);
+  b.keys = std::clamp<std::int64_t>(kTileBytes / per_key / 16 * 16, 16, 512);
+  b.keys = std::min(b.keys, std::max<std::int64_t>(p.S, 1));
+
+  b.split_keys = std::max<std::int64_t>(p.S, 1);
+  const std::int64_t row_items = b.row_items(p);
+  if (purpose == Purpose::attention && row_items > 0 && row_items < kMaxItems) {
+    const std::int64_t ranges =
+        std::min(p.S / kMinSplitKeys, std::max<std::int64_t>(kMaxItems / row_items, 1));
+    if (ranges > 1) b.split_keys = round_up(ceil_div(p.S, ranges), b.keys);
+  }
+  b.splits = ceil_div(std::max<std::int64_t>(p.S, 1), b.split_keys);
   return b;
 }
 
-// One work item: rows [r0, r0 + rows) of query head h in batch b, which
-// reads key/value head hk.
+// A row block: rows [r0, r0 + rows) of query heads [h0, h0 + heads) in
+// batch b, all reading key/value head hk. Tile row g * rows + i is row
+// r0 + i of head h0 + g.
 struct RowBlock {
-  std::int64_t b, h, hk, r0, rows;
+  std::int64_t b, h0, heads, hk, r0, rows;
+
+  std::int64_t tile_rows() const { return heads * rows; }
 };
 
-inline RowBlock row_block(const Problem& p, const Blocking& blk, std::int64_t item) {
-  const std::int64_t qb = item % blk.q_blocks;
-  const std::int64_t bh = item / blk.q_blocks;
+// Row blocks are numbered with the last query blocks first: under a causal
+// mask they see the most keys, and the dynamic schedule should start them
+// first so no thread is left with a long one at the end.
+inline RowBlock row_block(const Problem& p, const Blocking& blk, std::int64_t row_item) {
+  const std::int64_t per_q_block = p.batch * blk.head_groups;
+  const std::int64_t qb = blk.q_blocks - 1 - row_item / per_q_block;
+  const std::int64_t bg = row_item % per_q_block;
   RowBlock r;
-  r.b = bh / p.Hq;
-  r.h = bh % p.Hq;
-  r.hk = r.h / p.heads_per_kv();
+  r.b = bg / blk.head_groups;
+  r.h0 = (bg % blk.head_groups) * blk.heads;
+  r.heads = blk.heads;
+  r.hk = r.h0 / p.heads_per_kv();
   r.r0 = qb * blk.rows;
   r.rows = std::min(blk.rows, p.L - r.r0);
   return r;
@@ -63,6 +99,13 @@ template <class T>
 const T* operand_rows(const Problem& p, const Layout& t, std::int64_t b, std::int64_t head,
                       std::int64_t row) {
   return static_cast<const T*>(t.data) + batch_offset(p, t, b) + head * t.head + row * t.row;
+}
+
+// Offset of row `row` of head `head` in batch b of a C-contiguous result
+// with `cols` columns.
+inline std::int64_t result_offset(const Problem& p, std::int64_t b, std::int64_t head,
+                                  std::int64_t row, std::int64_t cols) {
+  return ((b * p.Hq + head) * p.L + row) * cols;
 }
 
 // 64-byte aligned scratch arrays.

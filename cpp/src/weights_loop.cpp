@@ -1,6 +1,7 @@
 // The attention weights softmax(Q·Kᵀ·scale + mask): the result is the whole
-// L x S matrix, so each block of rows is scored straight into it and then
-// normalised row by row, with the same block kernels as the attention loop.
+// L x S matrix, so each block of rows is scored with the same block kernels
+// as the attention loop, copied into the result's rows, and normalised row
+// by row.
 #include <algorithm>
 #include <cstdint>
 
@@ -15,16 +16,27 @@ namespace dotattn::detail {
 namespace {
 
 template <class T>
+struct WeightsTile {
+  AlignedArray<T> qt, st;
+
+  WeightsTile(const Problem& p, const Blocking& blk)
+      : qt(aligned_array<T>(p.E * blk.tile_rows)), st(aligned_array<T>(blk.keys * blk.tile_rows)) {}
+};
+
+template <class T>
 void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
-                     const Blocking& blk, const RowBlock& rb, T* kp) {
-  const MaskedScores<T> scores(p, kern, rb);
-  T* w = static_cast<T*>(p.out) + ((rb.b * p.Hq + rb.h) * p.L + rb.r0) * p.S;
+                     const Blocking& blk, const RowBlock& rb, WeightsTile<T>& t) {
+  const MaskedScores<T> scores(p, kern, rb, t.qt.get(), blk.tile_rows);
+  T* w = static_cast<T*>(p.out) + result_offset(p, rb.b, rb.h0, rb.r0, p.S);
 
   const std::int64_t kv_end = scores.key_end();
-  for (std::int64_t j0 = 0; j0 < kv_end; j0 += blk.keys)
-    scores.compute(j0, std::min(blk.keys, kv_end - j0), kp, blk.kp_stride, w + j0, p.S);
-  for (std::int64_t i = 0; i < rb.rows; ++i)
-    softmax_row(kern, w + i * p.S, scores.visible_keys(i), p.S);
+  for (std::int64_t j0 = 0; j0 < kv_end; j0 += blk.keys) {
+    const std::int64_t keys = std::min(blk.keys, kv_end - j0);
+    scores.compute(j0, keys, t.st.get());
+    for (std::int64_t i = 0; i < rb.rows; ++i)
+      for (std::int64_t j = 0; j < keys; ++j) w[i * p.S + j0 + j] = t.st[j * blk.tile_rows + i];
+  }
+  for (std::int64_t i = 0; i < rb.rows; ++i) softmax_row(w + i * p.S, scores.visible_keys(i), p.S);
 }
 
 }  // namespace
@@ -32,11 +44,11 @@ void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
 template <class T>
 void weights_loop(const Problem& p) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
-  const Blocking blk = choose_blocking(p, sizeof(T), kern.score_columns);
+  const Blocking blk = choose_blocking(p, sizeof(T), kern.row_multiple, Purpose::weights);
   for_each_item(
-      blk.items(p), [&] { return aligned_array<T>(p.E * blk.kp_stride); },
-      [&](std::int64_t item, AlignedArray<T>& packed_keys) {
-        weigh_row_block(p, kern, blk, row_block(p, blk, item), packed_keys.get());
+      blk.items(p), [&] { return WeightsTile<T>(p, blk); },
+      [&](std::int64_t item, WeightsTile<T>& tile) {
+        weigh_row_block(p, kern, blk, row_block(p, blk, item), tile);
       });
 }
 

@@ -11,9 +11,12 @@ from . import reference
 from ._api import (
     attention,
     attention_weights,
+    get_isa,
     get_num_threads,
+    set_isa,
     set_num_threads,
     show_config,
+    supported_isas,
 )
 from ._core import __version__
 
@@ -21,8 +24,11 @@ __all__ = [
     "__version__",
     "attention",
     "attention_weights",
+    "get_isa",
     "get_num_threads",
     "reference",
+    "set_isa",
     "set_num_threads",
     "show_config",
+    "supported_isas",
 ]

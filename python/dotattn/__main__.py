@@ -1,7 +1,10 @@
 """python -m dotattn: show the configuration, check the kernel against
 dotattn.reference on a few shapes, and time both side by side.
 
-Exits with status 1 if a check fails."""
+Exits with status 1 if a check fails.
+
+python -m dotattn bench: the benchmark against PyTorch and the NumPy
+reference on the standard shapes (python -m dotattn bench --help)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import time
 import numpy as np
 
 import dotattn
-from dotattn import reference
+from dotattn import _bench, reference
 
 # (B, Hq, Hkv, L, S, E, Ev, is_causal, mask)
 CHECKS = [
@@ -92,11 +95,26 @@ def timing_table(rng, repeat: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dotattn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dotattn",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="With no subcommand: the configuration, the checks and the timing table.",
+    )
     parser.add_argument("--threads", type=int, help="threads per call (default: OpenMP's)")
-    parser.add_argument("--repeat", type=int, default=7, help="timed runs per shape (default 7)")
+    parser.add_argument("--repeat", type=int, help="timed runs per shape (default 7)")
     parser.add_argument("--seed", type=int, default=0)
+    subcommands = parser.add_subparsers(dest="command", title="subcommands")
+    bench = subcommands.add_parser(
+        "bench",
+        help="time dotattn against PyTorch and the NumPy reference on the standard shapes",
+        description=_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _bench.add_arguments(bench)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench.run(args, bench)
+
     if args.threads is not None:
         dotattn.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -104,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dotattn {dotattn.__version__}")
     dotattn.show_config()
     ok = check(rng)
-    timing_table(rng, max(args.repeat, 1))
+    timing_table(rng, 7 if args.repeat is None else max(args.repeat, 1))
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
 

@@ -173,9 +173,31 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(int(n))
 
 
+def supported_isas() -> list[str]:
+    """The SIMD kernel sets this CPU runs, best first: some of ``"avx512"``,
+    ``"avx2"``, and always ``"scalar"`` (portable, last)."""
+    return _core.supported_isas()
+
+
+def get_isa() -> str:
+    """The kernel set float32 calls use: the best this CPU supports, unless
+    the environment variable ``DOTATTN_ISA`` or :func:`set_isa` chose
+    another. float64 always runs the portable kernels."""
+    return _core.get_isa()
+
+
+def set_isa(name: str) -> None:
+    """Use the kernel set ``name`` (one of :func:`supported_isas`) from now
+    on. Raises ValueError for an unknown name or one this CPU lacks."""
+    if not isinstance(name, str):
+        raise TypeError(f"set_isa: name must be a str; got {name!r}")
+    _core.set_isa(name)
+
+
 def show_config(mode: str = "stdout") -> dict[str, Any] | None:
     """The build and the machine as dotattn sees them: version, compiler,
-    build flags, OpenMP, CPU and its features, the kernel selected, threads.
+    build flags, OpenMP, CPU and its features, the kernel sets supported and
+    the one in use, threads.
 
     ``mode="stdout"`` prints them; ``mode="dicts"`` returns them as a dict.
     """

@@ -118,6 +118,19 @@ void attention_weights(const TensorView& query, const TensorView& key, const Out
 int get_num_threads();
 void set_num_threads(int n);
 
+// The SIMD kernel sets ("ISAs"): "avx512" (AVX-512 F/BW/DQ/VL), "avx2"
+// (AVX2 + FMA) and the portable "scalar". One build carries all of them;
+// the best one this CPU and OS support is chosen at first use, unless the
+// environment variable DOTATTN_ISA names another.
+//
+// supported_isas(): the ones this CPU runs, best first ("scalar" is last).
+// get_isa(): the one in use. set_isa(name): use another from now on; throws
+// argument_error for an unknown name or one this CPU lacks. Calls already
+// running finish with the kernels they started with.
+std::vector<std::string> supported_isas();
+std::string get_isa();
+void set_isa(const std::string& name);
+
 // What show_config() reports.
 struct RuntimeInfo {
   std::string version;
@@ -127,7 +140,8 @@ struct RuntimeInfo {
   std::string openmp;          // OpenMP version, or "disabled"
   std::string cpu;             // brand string
   std::vector<std::string> cpu_features;  // those the CPU and OS both support
-  std::string kernel;          // micro-kernel set selected for this CPU
+  std::string isa;             // the kernel set in use: get_isa()
+  std::vector<std::string> supported_isas;
   int num_threads = 1;
 };
 

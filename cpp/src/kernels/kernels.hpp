@@ -1,10 +1,17 @@
 // The per-block steps of the online-softmax loop, as one table of function
-// pointers per element type and ISA. The loop (cpp/src/attention_forward.cpp)
-// sees only this table, so an ISA adds a kernels/<isa>.cpp compiled with its
-// own flags and a row in dispatch.cpp, and the loop does not change.
+// pointers per element type and ISA. The loops (attention_loop.cpp,
+// weights_loop.cpp) see only this table: an ISA is a kernels/<isa>.cpp
+// compiled with its own flags plus a row in dispatch.cpp.
 //
-// Shapes are in elements; strides are row strides (the last dim is unit
-// stride everywhere).
+// Score tiles are kept transposed, keys by query rows: st[j * ld + i] holds
+// the score of query row i against key j. Every softmax step is then a
+// vertical (lane-wise) operation over a block of rows, with no horizontal
+// reductions, the keys are read straight from the caller's array (no
+// packing), and only the small block of queries is packed, once per work
+// item, as qt[e * ld + i]. `rows` in a transposed tile is padded to a
+// multiple of row_multiple; the padding rows hold zeros.
+//
+// Sizes are in elements; every last dim has unit stride.
 #pragma once
 
 #include <cstdint>
@@ -13,39 +20,36 @@ namespace dotattn::kernels {
 
 template <class T>
 struct BlockKernels {
-  const char* name;  // "<isa>", reported by show_config()
+  const char* name;            // "<isa>", reported by show_config()
+  std::int64_t row_multiple;   // transposed tiles' rows are a multiple of this
 
-  // The key block packed for score_tile: kp[e * kp_stride + j] = k[j][e] for
-  // j < keys, zero for keys <= j < kp_stride. kp_stride is a multiple of
-  // score_columns.
-  void (*pack_keys)(const T* k, std::int64_t k_stride, std::int64_t keys, std::int64_t E, T* kp,
-                    std::int64_t kp_stride);
-  std::int64_t score_columns;
+  // st[j][i] = scale * sum_e qt[e][i] * k[j * k_stride + e] for j < keys and
+  // i < rows (a multiple of row_multiple); the sum runs over e in order.
+  void (*score_tile)(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
+                     std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
+                     std::int64_t st_ld);
 
-  // s[i][j] = scale * sum_e q[i][e] * k[j][e] for i < rows, j < keys; the sum
-  // runs over e in order, so a score does not depend on the tile it is in.
-  void (*score_tile)(const T* q, std::int64_t q_stride, std::int64_t rows, const T* kp,
-                     std::int64_t kp_stride, std::int64_t keys, std::int64_t E, T scale, T* s,
-                     std::int64_t s_stride);
+  // m[i] = max_j st[j][i], -inf for keys == 0, NaN if any st[j][i] is NaN.
+  void (*block_max)(const T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, T* m);
 
-  // The largest of x[0..n) (-inf for n == 0); NaN if any element is NaN.
-  T (*row_max)(const T* x, std::int64_t n);
+  // st[j][i] = exp(st[j][i] - m[i]) in place, l[i] = sum_j st[j][i]. Callers
+  // pass m[i] >= every st[j][i] (or NaN), so the exponent is <= 0.
+  void (*exp_sum)(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, const T* m,
+                  T* l);
 
-  // x[j] = exp(x[j] - m) in place; returns the sum of the new x[j].
-  T (*exp_sum)(T* x, std::int64_t n, T m);
+  // acc[i][:Ev] *= a[i] for i < rows (rows with a[i] == 1 are left alone).
+  void (*scale_rows)(T* acc, std::int64_t acc_ld, std::int64_t rows, std::int64_t Ev, const T* a);
 
-  // x[j] *= a.
-  void (*rescale)(T* x, std::int64_t n, T a);
-
-  // acc[i][e] += sum_j p[i][j] * v[j][e] for i < rows, e < Ev, j < keys in
-  // order. Terms with p[i][j] == 0 are skipped, not multiplied: a value a row
-  // gives no weight (a masked key) never reaches it, not even as NaN.
-  void (*pv_accumulate)(const T* p, std::int64_t p_stride, std::int64_t rows, std::int64_t keys,
+  // acc[i][e] += sum_j pt[j][i] * v[j * v_stride + e] for i < rows (any
+  // count), e < Ev. A zero weight times inf or NaN makes NaN here; the loop
+  // redoes such a block with exact_pv_accumulate (online_softmax.hpp).
+  void (*pv_accumulate)(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
                         const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
-                        std::int64_t acc_stride);
+                        std::int64_t acc_ld);
 };
 
-// The best table this CPU runs, chosen once.
+// The table the loops use now: float32 follows the ISA chosen in
+// dispatch.cpp; float64 always runs the portable kernels.
 template <class T>
 const BlockKernels<T>& selected();
 

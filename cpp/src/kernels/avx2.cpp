@@ -1,0 +1,12 @@
+// The AVX2 + FMA kernels; this file alone is compiled with -mavx2 -mfma.
+#include "kernels/block_kernels.hpp"
+#include "kernels/isa_tables.hpp"
+#include "kernels/vec_avx2.hpp"
+
+namespace dotattn::kernels {
+
+VecAvx2F32::R VecAvx2F32::exp(R x) { return exp_negative<VecAvx2F32>(x); }
+
+const BlockKernels<float> avx2_f32 = BlockKernelsFor<VecAvx2F32>::table("avx2");
+
+}  // namespace dotattn::kernels

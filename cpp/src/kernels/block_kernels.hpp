@@ -1,0 +1,231 @@
+// The block kernels written once over a vector type V, and compiled once per
+// ISA: kernels/<isa>.cpp includes its vector type (vec_<isa>.hpp) and this
+// file, under that ISA's flags. Every function here is a template on V and V
+// differs per ISA, so no instantiation is shared between files built with
+// different flags.
+//
+// V provides (R is its register type, N its lanes of T):
+//   zero, set1, load, store (unaligned), load_partial / store_partial (the
+//   first n lanes, touching no memory beyond them), add, sub, mul,
+//   fmadd(a, b, c) = a * b + c, max_nan (NaN if either is NaN), exp, and the
+//   tile sizes kScoreKeys x kScoreRowVecs (score tile) and
+//   kPvRows x kPvColVecs (P·V tile), chosen so the accumulators stay in
+//   registers.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/kernels.hpp"
+
+namespace dotattn::kernels {
+
+// Calls f(std::integral_constant<int, n>) for a run-time n in [1, Max]: the
+// micro-kernels take their tile size as a template argument so the
+// accumulators can live in registers, and tails use a smaller instance.
+template <int Max, class F>
+inline void with_count(std::int64_t n, const F& f) {
+  if constexpr (Max > 0) {
+    if (n == Max)
+      f(std::integral_constant<int, Max>{});
+    else
+      with_count<Max - 1>(n, f);
+  }
+}
+
+template <class V>
+struct BlockKernelsFor {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr std::int64_t N = V::N;
+
+  // Scores of Keys keys against RowVecs * N rows.
+  template <int Keys, int RowVecs>
+  static void score_micro(const T* qt, std::int64_t qt_ld, const T* k, std::int64_t k_stride,
+                          std::int64_t E, T scale, T* st, std::int64_t st_ld) {
+    R acc[Keys][RowVecs];
+    for (int j = 0; j < Keys; ++j)
+      for (int r = 0; r < RowVecs; ++r) acc[j][r] = V::zero();
+    for (std::int64_t e = 0; e < E; ++e) {
+      R q[RowVecs];
+      for (int r = 0; r < RowVecs; ++r) q[r] = V::load(qt + e * qt_ld + r * N);
+      for (int j = 0; j < Keys; ++j) {
+        const R kj = V::set1(k[j * k_stride + e]);
+        for (int r = 0; r < RowVecs; ++r) acc[j][r] = V::fmadd(kj, q[r], acc[j][r]);
+      }
+    }
+    const R s = V::set1(scale);
+    for (int j = 0; j < Keys; ++j)
+      for (int r = 0; r < RowVecs; ++r) V::store(st + j * st_ld + r * N, V::mul(acc[j][r], s));
+  }
+
+  // A group of Keys keys against every row: its Keys x E keys stay in L1
+  // while the row vectors go by.
+  template <int Keys, int RowVecs>
+  static void score_key_group(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
+                              std::int64_t k_stride, std::int64_t E, T scale, T* st,
+                              std::int64_t st_ld) {
+    constexpr std::int64_t step = RowVecs * N;
+    std::int64_t i = 0;
+    for (; i + step <= rows; i += step)
+      score_micro<Keys, RowVecs>(qt + i, qt_ld, k, k_stride, E, scale, st + i, st_ld);
+    with_count<RowVecs - 1>((rows - i) / N, [&](auto vecs) {
+      score_micro<Keys, decltype(vecs)::value>(qt + i, qt_ld, k, k_stride, E, scale, st + i, st_ld);
+    });
+  }
+
+  template <int Keys, int RowVecs>
+  static void score_keys(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
+                         std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
+                         std::int64_t st_ld) {
+    std::int64_t j = 0;
+    for (; j + Keys <= keys; j += Keys)
+      score_key_group<Keys, RowVecs>(qt, qt_ld, rows, k + j * k_stride, k_stride, E, scale,
+                                     st + j * st_ld, st_ld);
+    with_count<Keys - 1>(keys - j, [&](auto n) {
+      score_key_group<decltype(n)::value, RowVecs>(qt, qt_ld, rows, k + j * k_stride, k_stride, E,
+                                                   scale, st + j * st_ld, st_ld);
+    });
+  }
+
+  // With a single row vector (decoding: the few query rows of one KV
+  // group), the tile takes more keys instead, so that as many accumulators
+  // as usual hide the FMA latency.
+  static void score_tile(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
+                         std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
+                         std::int64_t st_ld) {
+    if (rows <= N)
+      score_keys<V::kScoreKeys * V::kScoreRowVecs, 1>(qt, qt_ld, rows, k, k_stride, keys, E, scale,
+                                                       st, st_ld);
+    else
+      score_keys<V::kScoreKeys, V::kScoreRowVecs>(qt, qt_ld, rows, k, k_stride, keys, E, scale, st,
+                                                  st_ld);
+  }
+
+  static void block_max(const T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows,
+                        T* m) {
+    for (std::int64_t i = 0; i < rows; i += N) {
+      R acc = V::set1(T(-__builtin_huge_val()));  // a builtin: no shared inline code
+      for (std::int64_t j = 0; j < keys; ++j) acc = V::max_nan(acc, V::load(st + j * st_ld + i));
+      V::store(m + i, acc);
+    }
+  }
+
+  static void exp_sum(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows,
+                      const T* m, T* l) {
+    for (std::int64_t i = 0; i < rows; i += N) {
+      const R mi = V::load(m + i);
+      R sum = V::zero();
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const R p = V::exp(V::sub(V::load(st + j * st_ld + i), mi));
+        V::store(st + j * st_ld + i, p);
+        sum = V::add(sum, p);
+      }
+      V::store(l + i, sum);
+    }
+  }
+
+  static void scale_rows(T* acc, std::int64_t acc_ld, std::int64_t rows, std::int64_t Ev,
+                         const T* a) {
+    for (std::int64_t i = 0; i < rows; ++i) {
+      if (a[i] == T(1)) continue;
+      const R ai = V::set1(a[i]);
+      T* row = acc + i * acc_ld;
+      std::int64_t e = 0;
+      for (; e + N <= Ev; e += N) V::store(row + e, V::mul(V::load(row + e), ai));
+      if (e < Ev) V::store_partial(row + e, V::mul(V::load_partial(row + e, Ev - e), ai), Ev - e);
+    }
+  }
+
+  // acc[Rows][ColVecs * N] += pt^T · v over every key. Full: all ColVecs * N
+  // columns exist; otherwise only the first `cols`, through partial loads.
+  template <int Rows, int ColVecs, bool Full>
+  static void pv_micro(const T* pt, std::int64_t pt_ld, std::int64_t keys, const T* v,
+                       std::int64_t v_stride, T* acc, std::int64_t acc_ld, std::int64_t cols) {
+    std::int64_t lanes[ColVecs];
+    for (int c = 0; c < ColVecs; ++c) {
+      const std::int64_t left = cols - c * N;
+      lanes[c] = left < 0 ? 0 : (left > N ? N : left);
+    }
+    const auto load = [&](const T* p, int c) {
+      return Full ? V::load(p + c * N) : V::load_partial(p + c * N, lanes[c]);
+    };
+    R o[Rows][ColVecs];
+    for (int r = 0; r < Rows; ++r)
+      for (int c = 0; c < ColVecs; ++c) o[r][c] = load(acc + r * acc_ld, c);
+    for (std::int64_t j = 0; j < keys; ++j) {
+      R vj[ColVecs];
+      for (int c = 0; c < ColVecs; ++c) vj[c] = load(v + j * v_stride, c);
+      for (int r = 0; r < Rows; ++r) {
+        const R p = V::set1(pt[j * pt_ld + r]);
+        for (int c = 0; c < ColVecs; ++c) o[r][c] = V::fmadd(p, vj[c], o[r][c]);
+      }
+    }
+    for (int r = 0; r < Rows; ++r)
+      for (int c = 0; c < ColVecs; ++c) {
+        if (Full)
+          V::store(acc + r * acc_ld + c * N, o[r][c]);
+        else
+          V::store_partial(acc + r * acc_ld + c * N, o[r][c], lanes[c]);
+      }
+  }
+
+  template <bool Full>
+  static void pv_columns(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
+                         const T* v, std::int64_t v_stride, T* acc, std::int64_t acc_ld,
+                         std::int64_t cols) {
+    std::int64_t i = 0;
+    for (; i + V::kPvRows <= rows; i += V::kPvRows)
+      pv_micro<V::kPvRows, V::kPvColVecs, Full>(pt + i, pt_ld, keys, v, v_stride,
+                                                acc + i * acc_ld, acc_ld, cols);
+    with_count<V::kPvRows - 1>(rows - i, [&](auto n) {
+      pv_micro<decltype(n)::value, V::kPvColVecs, Full>(pt + i, pt_ld, keys, v, v_stride,
+                                                         acc + i * acc_ld, acc_ld, cols);
+    });
+  }
+
+  // Column panels outside, rows inside: a panel of v (keys x ColVecs * N)
+  // stays in L1 while every row block reads it.
+  static void pv_accumulate(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
+                            const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
+                            std::int64_t acc_ld) {
+    constexpr std::int64_t panel = V::kPvColVecs * N;
+    std::int64_t c = 0;
+    for (; c + panel <= Ev; c += panel)
+      pv_columns<true>(pt, pt_ld, rows, keys, v + c, v_stride, acc + c, acc_ld, panel);
+    if (c < Ev) pv_columns<false>(pt, pt_ld, rows, keys, v + c, v_stride, acc + c, acc_ld, Ev - c);
+  }
+
+  static constexpr BlockKernels<T> table(const char* name) {
+    return {name,       N,        &score_tile,  &block_max,
+            &exp_sum,   &scale_rows, &pv_accumulate};
+  }
+};
+
+// exp(x) for float x <= 0 (NaN passes through): x = n ln2 + r with
+// |r| <= ln2 / 2, exp(x) = 2^n (1 + r + r^2 P(r)), P of degree 5 with the
+// minimax coefficients published with Cephes' expf. Its maximum relative
+// error is measured by tests/test_isa.py and stated in README.md. Below -87
+// the result is 0: such a weight is under FLT_MIN, nothing beside the row's
+// largest weight, which is 1.
+template <class V>
+typename V::R exp_negative(typename V::R x) {
+  using R = typename V::R;
+  using T = typename V::T;
+  const R lowest = V::set1(T(-87.0));
+  const auto underflow = V::below(x, lowest);
+  x = V::max_nan(x, lowest);
+  const R n = V::round(V::mul(x, V::set1(T(1.44269504088896341))));
+  R r = V::fmadd(n, V::set1(T(-0.693359375)), x);  // ln2 split so n * hi is exact
+  r = V::fmadd(n, V::set1(T(2.12194440e-4)), r);
+  R p = V::set1(T(1.9875691500e-4));
+  p = V::fmadd(p, r, V::set1(T(1.3981999507e-3)));
+  p = V::fmadd(p, r, V::set1(T(8.3334519073e-3)));
+  p = V::fmadd(p, r, V::set1(T(4.1665795894e-2)));
+  p = V::fmadd(p, r, V::set1(T(1.6666665459e-1)));
+  p = V::fmadd(p, r, V::set1(T(5.0000001201e-1)));
+  p = V::fmadd(V::mul(p, r), r, V::add(r, V::set1(T(1))));
+  return V::zero_where(underflow, V::mul(p, V::pow2i(n)));
+}
+
+}  // namespace dotattn::kernels

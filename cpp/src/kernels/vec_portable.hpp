@@ -1,0 +1,62 @@
+// The vector type of the portable kernels, in GCC/Clang vector extensions:
+// the compiler lowers it to whatever the baseline target has (SSE2 on
+// x86-64). 64 bytes wide, like AVX-512, so the same tile shapes and tails
+// that the AVX-512 kernels take are exercised on every machine.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace dotattn::kernels {
+
+template <class Elem, class Int>
+struct VecPortable {
+  using T = Elem;
+  typedef T R __attribute__((vector_size(64)));
+  typedef Int M __attribute__((vector_size(64)));
+  static constexpr std::int64_t N = 64 / sizeof(T);
+  // Small tiles: 16 SSE registers hold only four 64-byte vectors.
+  static constexpr int kScoreKeys = 2, kScoreRowVecs = 1;
+  static constexpr int kPvRows = 2, kPvColVecs = 1;
+
+  static R zero() { return R{}; }
+  static R set1(T x) { return R{} + x; }
+  static R load(const T* p) {
+    R x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+  }
+  static void store(T* p, R x) { std::memcpy(p, &x, sizeof x); }
+  static R load_partial(const T* p, std::int64_t n) {
+    R x{};
+    for (std::int64_t i = 0; i < n; ++i) x[i] = p[i];
+    return x;
+  }
+  static void store_partial(T* p, R x, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) p[i] = x[i];
+  }
+  static R add(R a, R b) { return a + b; }
+  static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
+  static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R max_nan(R a, R b) { return (a > b || a != a) ? a : b; }
+  static M below(R a, R b) { return a < b; }
+  static R zero_where(M mask, R x) { return mask ? R{} : x; }
+  // Adding and subtracting 1.5 * 2^23 rounds |x| < 2^22 to the nearest
+  // whole number in the default rounding mode.
+  static R round(R x) {
+    const R magic = set1(T(12582912.0));
+    return (x + magic) - magic;
+  }
+  // 2^n for whole n in [-126, 127].
+  static R pow2i(R n) {
+    const M e = (__builtin_convertvector(n, M) + 127) << 23;
+    R x;
+    std::memcpy(&x, &e, sizeof x);
+    return x;
+  }
+  static R exp(R x);
+};
+
+}  // namespace dotattn::kernels

@@ -1,0 +1,132 @@
+"""`python -m dotattn bench` (python/dotattn/_bench.py) on the tiny shape
+and small sizes, in-process through main(argv), so that each test takes
+about a second; the one with PyTorch, run only where PyTorch is installed,
+takes a few. The command without a subcommand is tested in test_config.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import dotattn
+import pytest
+from dotattn import _bench
+from dotattn.__main__ import main
+
+QUICK = ["bench", "--shapes", "tiny", "--sgemm-size", "128"]
+
+
+@pytest.fixture
+def no_pauses(monkeypatch):
+    """The pauses between runs are for stable timings, not for correctness."""
+    monkeypatch.setattr(_bench, "OPENBLAS_PAUSE_S", 0.0)
+    monkeypatch.setattr(_bench, "PAUSE_S", dict.fromkeys(_bench.PAUSE_S, 0.0))
+
+
+def read_json(path) -> dict:
+    with open(path) as file:
+        return json.load(file)
+
+
+def test_standard_shapes():
+    shapes = _bench.STANDARD_SHAPES
+    assert list(shapes) == ["prefill", "causal", "long", "decode", "decode_b8", "tiny"]
+    assert shapes["prefill"].flops == 4 * 16 * 1024 * 1024 * 64
+    assert shapes["causal"].flops == 4 * 32 * 2048 * 2048 * 128 / 2
+    assert shapes["decode"].is_decode and shapes["decode"].kv_bytes == 8 * 4096 * (128 + 128) * 4
+    assert not shapes["tiny"].is_decode
+
+
+def test_bench_json(tmp_path, capsys, no_pauses):
+    path = tmp_path / "bench.json"
+    assert main([*QUICK, "--repeat", "2", "--json", str(path), "--no-torch"]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny " in printed and "numpy sgemm 128" in printed
+
+    report = read_json(path)
+    for key in ("machine", "threads", "isa", "supported_isas", "dotattn", "numpy", "sgemm", "shapes"):
+        assert key in report, key
+    assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
+    assert report["threads"] == dotattn.get_num_threads()
+    assert report["isa"] == dotattn.get_isa() and report["isa"] in report["supported_isas"]
+    assert report["torch"] is None and report["sweep"] is None
+    assert report["sgemm"]["n"] == 128 and report["sgemm"]["gflops"] > 0
+
+    [tiny] = report["shapes"]
+    dims = {key: tiny[key] for key in ("B", "Hq", "Hkv", "L", "S", "E", "Ev")}
+    assert tiny["name"] == "tiny" and dims == {"B": 1, "Hq": 1, "Hkv": 1, "L": 16, "S": 16, "E": 64, "Ev": 64}
+    assert tiny["flops"] == 4 * 16 * 16 * 64
+    assert "skipped" in tiny["systems"]["torch"]
+    for system in ("dotattn", "numpy_ref"):
+        timing = tiny["systems"][system]
+        assert len(timing["samples_s"]) == 2 and min(timing["samples_s"]) > 0
+        assert timing["median_s"] > 0 and timing["gflops"] > 0 and timing["calls_per_run"] >= 1
+        assert timing["kv_gbps"] is None  # not a decode shape
+
+
+def test_bench_sets_and_restores_isa_and_threads(tmp_path, no_pauses, restore_threads):
+    isa, threads = dotattn.get_isa(), dotattn.get_num_threads()
+    path = tmp_path / "bench.json"
+    options = ["--repeat", "1", "--no-torch", "--isa", "scalar", "--threads", "1", "--json", str(path)]
+    assert main([*QUICK, *options]) == 0
+    report = read_json(path)
+    assert report["isa"] == "scalar" and report["threads"] == 1
+    assert dotattn.get_isa() == isa and dotattn.get_num_threads() == threads
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--shapes", "nonsense"],
+        ["--isa", "nonsense"],
+        ["--threads", "0"],
+        ["--repeat", "0"],
+        ["--sweep", "0"],
+        ["--sgemm-size", "0"],
+    ],
+)
+def test_bench_rejects_bad_options(options, capsys):
+    isa = dotattn.get_isa()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--no-torch", *options])
+    assert exit_info.value.code == 2
+    assert options[0] in capsys.readouterr().err
+    assert dotattn.get_isa() == isa
+
+
+def test_bench_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(SystemExit) as exit_info:
+        main([*QUICK, "--no-torch", "--plot", str(tmp_path / "bench.png")])
+    assert exit_info.value.code == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "bench.png").exists()
+
+
+def test_bench_plot(tmp_path, no_pauses):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the bench extra)")
+    png, path = tmp_path / "bench.png", tmp_path / "bench.json"
+    options = ["--repeat", "1", "--no-torch", "--sweep", "16", "32", "--plot", str(png), "--json", str(path)]
+    assert main([*QUICK, *options]) == 0
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    sweep = read_json(path)["sweep"]
+    assert [r["name"] for r in sweep] == ["L=16", "L=32", "L=16 causal", "L=32 causal"]
+    assert [(r["L"], r["causal"]) for r in sweep] == [(16, False), (32, False), (16, True), (32, True)]
+    assert all(r["S"] == r["L"] and (r["Hq"], r["E"]) == (16, 64) for r in sweep)
+    assert all(r["systems"]["dotattn"]["gflops"] > 0 for r in sweep)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
+def test_bench_with_torch(tmp_path):
+    # In a child process: importing torch here would load its OpenMP runtime into the test process.
+    path = tmp_path / "bench.json"
+    options = ["--repeat", "2", "--threads", "2", "--json", str(path)]
+    command = [sys.executable, "-m", "dotattn", *QUICK, *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = read_json(path)
+    assert report["torch"] and report["threads"] == 2
+    timing = report["shapes"][0]["systems"]["torch"]
+    assert len(timing["samples_s"]) == 2 and timing["median_s"] > 0
