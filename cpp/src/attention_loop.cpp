@@ -20,7 +20,7 @@ namespace {
 
 template <class T>
 struct Tile {
-  AlignedArray<T> qt;     // packed queries, E x tile_rows
+  AlignedArray<T> q;      // packed queries, E x tile_rows
   AlignedArray<T> st;     // scores, then weights: keys x tile_rows
   AlignedArray<T> acc;    // tile_rows x Ev
   AlignedArray<T> saved;  // acc before the block's P·V step
@@ -28,12 +28,15 @@ struct Tile {
   AlignedArray<T> rows;   // m, l, block max, block sum, alpha
 
   Tile(const Problem& p, const Blocking& blk)
-      : qt(aligned_array<T>(p.E * blk.tile_rows)),
+      : q(aligned_array<T>(p.E * blk.tile_rows)),
         st(aligned_array<T>(blk.keys * blk.tile_rows)),
         acc(aligned_array<T>(blk.tile_rows * p.Ev)),
         saved(aligned_array<T>(blk.tile_rows * p.Ev)),
         clean_v(aligned_array<T>(blk.keys * p.Ev)),
-        rows(aligned_array<T>(5 * blk.tile_rows)) {}
+        rows(aligned_array<T>(5 * blk.tile_rows)) {
+    // score_rows leaves the padding rows alone: they must hold numbers.
+    std::fill(st.get(), st.get() + blk.keys * blk.tile_rows, T(0));
+  }
 
   RowState<T> state(std::int64_t tile_rows) const {
     T* r = rows.get();
@@ -45,7 +48,7 @@ struct Tile {
 template <class T>
 RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
                    const RowBlock& rb, std::int64_t j_begin, std::int64_t j_end, Tile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb, t.qt.get(), blk.tile_rows);
+  const MaskedScores<T> scores(p, kern, rb, t.q.get(), blk.tile_rows);
   const T* v = operand_rows<T>(p, p.v, rb.b, rb.hk, 0);
   const std::int64_t rows = rb.tile_rows();
   const RowState<T> s = t.state(blk.tile_rows);
@@ -57,9 +60,9 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
   for (std::int64_t j0 = j_begin; j0 < end; j0 += blk.keys) {
     const std::int64_t keys = std::min(blk.keys, end - j0);
     scores.compute(j0, keys, t.st.get());
-    fold_block(kern, t.st.get(), keys, blk.tile_rows, rows, p.Ev, s);
+    const T smallest = fold_block(kern, t.st.get(), keys, blk.tile_rows, rows, p.Ev, s);
     accumulate_values(kern, t.st.get(), blk.tile_rows, rows, keys, v + j0 * p.v.row, p.v.row, p.Ev,
-                      s.acc, t.saved.get(), t.clean_v.get());
+                      smallest, s.acc, t.saved.get(), t.clean_v.get());
   }
   return s;
 }

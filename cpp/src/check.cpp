@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <string_view>
 
 #include "problem.hpp"
 
@@ -123,7 +124,7 @@ Layout layout_of(const void* data, const Dims& strides, std::size_t batch_dims) 
 
 // query/key/value sizes and layouts; value is null for attention_weights.
 Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v) {
-  const std::string operands = v ? "query, key and value" : "query and key";
+  const std::string_view operands = v ? "query, key and value" : "query and key";
   check_view("query", q);
   check_view("key", k);
   if (v) check_view("value", *v);
@@ -131,21 +132,24 @@ Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v)
   check_float_dtype("key", k.dtype);
   if (v) check_float_dtype("value", v->dtype);
   if (k.dtype != q.dtype || (v && v->dtype != q.dtype))
-    throw dtype_error(operands + " must have one dtype; got " + dtype_name(q.dtype) + ", " +
+    throw dtype_error(std::string(operands) + " must have one dtype; got " + dtype_name(q.dtype) + ", " +
                       dtype_name(k.dtype) + (v ? std::string(", ") + dtype_name(v->dtype) : ""));
 
-  const std::string shapes = described("query", q.shape) + ", " + described("key", k.shape) +
-                             (v ? ", " + described("value", v->shape) : "");
+  // Built only for a message: formatting costs more than a small call.
+  const auto shapes = [&] {
+    return described("query", q.shape) + ", " + described("key", k.shape) +
+           (v ? ", " + described("value", v->shape) : "");
+  };
   const std::size_t nd = q.shape.size();
   if (nd < 2 || k.shape.size() != nd || (v && v->shape.size() != nd))
-    throw argument_error(operands +
+    throw argument_error(std::string(operands) +
                          " must have the same number of dims, at least 2: (..., H, L, E), "
                          "(..., H, S, E), (..., H, S, Ev) or (L, E), (S, E), (S, Ev); got " +
-                         shapes);
+                         shapes());
   const std::size_t batch_dims = nd >= 3 ? nd - 3 : 0;
   for (std::size_t d = 0; d < batch_dims; ++d)
     if (k.shape[d] != q.shape[d] || (v && v->shape[d] != q.shape[d]))
-      throw argument_error(operands + " must have equal batch dims; got " + shapes);
+      throw argument_error(std::string(operands) + " must have equal batch dims; got " + shapes());
 
   Problem p;
   p.dtype = q.dtype;
@@ -161,19 +165,19 @@ Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v)
   if (k.shape[nd - 1] != p.E)
     throw argument_error("query and key must have the same last dim E; got query E=" +
                          std::to_string(p.E) + ", key E=" + std::to_string(k.shape[nd - 1]) +
-                         ": " + shapes);
+                         ": " + shapes());
   if (v && v->shape[nd - 2] != p.S)
     throw argument_error("key and value must have the same length S; got key S=" +
                          std::to_string(p.S) + ", value S=" + std::to_string(v->shape[nd - 2]) +
-                         ": " + shapes);
+                         ": " + shapes());
   if (v && nd >= 3 && v->shape[nd - 3] != p.Hkv)
     throw argument_error("key and value must have the same number of heads; got key " +
                          std::to_string(p.Hkv) + ", value " + std::to_string(v->shape[nd - 3]) +
-                         ": " + shapes);
+                         ": " + shapes());
   if (p.Hkv == 0 ? p.Hq != 0 : p.Hq % p.Hkv != 0)
     throw argument_error("the query heads Hq=" + std::to_string(p.Hq) +
                          " must be a multiple of the key/value heads Hkv=" +
-                         std::to_string(p.Hkv) + ": " + shapes);
+                         std::to_string(p.Hkv) + ": " + shapes());
 
   check_unit_inner_stride("query", q);
   check_unit_inner_stride("key", k);

@@ -1,6 +1,6 @@
 // The first steps of every key block, shared by the attention and weights
 // loops: score a block of keys against the row block's queries (packed
-// once, transposed, by the constructor) and mask the tile.
+// once by the constructor) and mask the tile.
 #pragma once
 
 #include <algorithm>
@@ -16,14 +16,15 @@ namespace dotattn::detail {
 template <class T>
 class MaskedScores {
  public:
-  // qt: scratch of E x tile_rows for the packed queries.
-  MaskedScores(const Problem& p, const kernels::BlockKernels<T>& kern, const RowBlock& rb,
-               T* qt, std::int64_t tile_rows)
+  // q: scratch of E x tile_rows for the packed queries.
+  MaskedScores(const Problem& p, const kernels::BlockKernels<T>& kern, const RowBlock& rb, T* q,
+               std::int64_t tile_rows)
       : p_(p),
         kern_(kern),
         rb_(rb),
-        qt_(qt),
+        q_(q),
         tile_rows_(tile_rows),
+        by_rows_(rb.tile_rows() <= kern.dot_rows),
         k_(operand_rows<T>(p, p.k, rb.b, rb.hk, 0)),
         causal_(causal_limit(p.causal, p.L, p.S)),
         scale_(static_cast<T>(p.scale)) {
@@ -40,8 +41,11 @@ class MaskedScores {
   // [j0, j0 + keys): the scaled scores with the mask and the causal rule
   // applied.
   void compute(std::int64_t j0, std::int64_t keys, T* st) const {
-    kern_.score_tile(qt_, tile_rows_, tile_rows_, k_ + j0 * p_.k.row, p_.k.row, keys, p_.E,
-                     scale_, st, tile_rows_);
+    const T* k = k_ + j0 * p_.k.row;
+    if (by_rows_)
+      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k, p_.k.row, keys, p_.E, scale_, st, tile_rows_);
+    else
+      kern_.score_tile(q_, tile_rows_, tile_rows_, k, p_.k.row, keys, p_.E, scale_, st, tile_rows_);
     const TileStrides ts{1, tile_rows_};
     const bool crosses_diagonal = causal_.active && j0 + keys > visible_keys(0);
     for (std::int64_t g = 0; g < rb_.heads; ++g) {
@@ -52,22 +56,26 @@ class MaskedScores {
   }
 
  private:
-  // qt[e][t] = query[t][e], zero in the padding rows.
+  // Tile row t = g * rows + i is query row r0 + i of head h0 + g. For
+  // score_rows: q[t][e], row by row. For score_tile: q[e][t], transposed,
+  // zero in the padding rows.
   void pack_queries() {
-    std::fill(qt_, qt_ + p_.E * tile_rows_, T(0));
+    if (!by_rows_) std::fill(q_, q_ + p_.E * tile_rows_, T(0));
+    const std::int64_t row_step = by_rows_ ? p_.E : 1, e_step = by_rows_ ? 1 : tile_rows_;
     for (std::int64_t g = 0; g < rb_.heads; ++g)
       for (std::int64_t i = 0; i < rb_.rows; ++i) {
         const T* q = operand_rows<T>(p_, p_.q, rb_.b, rb_.h0 + g, rb_.r0 + i);
-        T* column = qt_ + g * rb_.rows + i;
-        for (std::int64_t e = 0; e < p_.E; ++e) column[e * tile_rows_] = q[e];
+        T* packed = q_ + (g * rb_.rows + i) * row_step;
+        for (std::int64_t e = 0; e < p_.E; ++e) packed[e * e_step] = q[e];
       }
   }
 
   const Problem& p_;
   const kernels::BlockKernels<T>& kern_;
   RowBlock rb_;
-  T* qt_;
+  T* q_;
   std::int64_t tile_rows_;
+  bool by_rows_;  // few rows: score_rows, else score_tile
   const T* k_;
   CausalLimit causal_;
   T scale_;

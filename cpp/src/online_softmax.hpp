@@ -47,22 +47,29 @@ struct RowState {
 
 // Folds the transposed score tile st (keys x tile_rows) into the state and
 // leaves the block's weights exp(s - m) in st, ready for the P·V step.
+// Returns the block's smallest weight.
 template <class T>
-void fold_block(const kernels::BlockKernels<T>& kern, T* st, std::int64_t keys,
+T fold_block(const kernels::BlockKernels<T>& kern, T* st, std::int64_t keys,
                 std::int64_t tile_rows, std::int64_t rows, std::int64_t Ev, const RowState<T>& s) {
   kern.block_max(st, tile_rows, keys, tile_rows, s.block_max);
   for (std::int64_t i = 0; i < tile_rows; ++i) {
     const T m_new = nan_max(s.m[i], s.block_max[i]);
     const bool nothing_seen = m_new == kNegInf<T>;
+    // A NaN or +inf score makes the row NaN; the kernels' exp does not carry
+    // NaN, so alpha does.
+    const bool poisoned = std::isnan(m_new) || m_new == -kNegInf<T>;
     // While a row has seen nothing, its scores are -inf: exp(-inf - 0) = 0
     // where exp(-inf - -inf) would be NaN.
-    s.alpha[i] = nothing_seen ? T(1) : std::exp(s.m[i] - m_new);
+    s.alpha[i] = poisoned       ? std::numeric_limits<T>::quiet_NaN()
+                 : nothing_seen || m_new == s.m[i] ? T(1)
+                                                   : std::exp(s.m[i] - m_new);
     s.block_max[i] = nothing_seen ? T(0) : m_new;
     s.m[i] = m_new;
   }
-  kern.exp_sum(st, tile_rows, keys, tile_rows, s.block_max, s.block_sum);
+  const T smallest = kern.exp_sum(st, tile_rows, keys, tile_rows, s.block_max, s.block_sum);
   for (std::int64_t i = 0; i < tile_rows; ++i) s.l[i] = s.l[i] * s.alpha[i] + s.block_sum[i];
   kern.scale_rows(s.acc, Ev, rows, Ev, s.alpha);
+  return smallest;
 }
 
 template <class T>
@@ -74,16 +81,18 @@ bool all_finite(const T* x, std::int64_t n) {
 
 // The P·V step. The fast kernel multiplies every weight, zeros included, so
 // an inf or NaN value with zero weight (a masked slot of a KV cache holding
-// garbage) would poison the row as 0 * inf. If anything in acc became inf or
-// NaN, the block is redone from a copy of acc: the kernel runs on the values
-// with their non-finite entries zeroed (which leaves every other sum exactly
-// as it was), and the non-finite entries are then added where their weight
-// is nonzero. Costs a copy and a scan of acc per key block; clean_v holds
-// keys x Ev.
+// garbage) would poison the row as 0 * inf. A block with a zero weight
+// (smallest_weight == 0: masked keys, or exp underflow) therefore keeps a
+// copy of acc, and if anything in acc became inf or NaN it is redone: the
+// kernel runs on the values with their non-finite entries zeroed (which
+// leaves every other sum exactly as it was), and the non-finite entries are
+// then added where their weight is nonzero. clean_v holds keys x Ev.
 template <class T>
 void accumulate_values(const kernels::BlockKernels<T>& kern, const T* pt, std::int64_t pt_ld,
                        std::int64_t rows, std::int64_t keys, const T* v, std::int64_t v_stride,
-                       std::int64_t Ev, T* acc, T* saved, T* clean_v) {
+                       std::int64_t Ev, T smallest_weight, T* acc, T* saved, T* clean_v) {
+  if (smallest_weight > T(0))
+    return kern.pv_accumulate(pt, pt_ld, rows, keys, v, v_stride, Ev, acc, Ev);
   const auto bytes = static_cast<std::size_t>(rows * Ev) * sizeof(T);
   std::memcpy(saved, acc, bytes);
   kern.pv_accumulate(pt, pt_ld, rows, keys, v, v_stride, Ev, acc, Ev);

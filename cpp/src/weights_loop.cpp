@@ -17,16 +17,16 @@ namespace {
 
 template <class T>
 struct WeightsTile {
-  AlignedArray<T> qt, st;
+  AlignedArray<T> q, st;
 
   WeightsTile(const Problem& p, const Blocking& blk)
-      : qt(aligned_array<T>(p.E * blk.tile_rows)), st(aligned_array<T>(blk.keys * blk.tile_rows)) {}
+      : q(aligned_array<T>(p.E * blk.tile_rows)), st(aligned_array<T>(blk.keys * blk.tile_rows)) {}
 };
 
 template <class T>
 void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
                      const Blocking& blk, const RowBlock& rb, WeightsTile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb, t.qt.get(), blk.tile_rows);
+  const MaskedScores<T> scores(p, kern, rb, t.q.get(), blk.tile_rows);
   T* w = static_cast<T*>(p.out) + result_offset(p, rb.b, rb.h0, rb.r0, p.S);
 
   const std::int64_t kv_end = scores.key_end();

@@ -29,20 +29,29 @@ struct BlockKernels {
                      std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
                      std::int64_t st_ld);
 
+  // The same scores for a few rows (at most dot_rows, as when decoding),
+  // from queries packed row by row, q[i * q_ld + e]: dot products along E,
+  // which keep every vector lane busy where a transposed tile would leave
+  // most of them idle. Rows rows..st_ld of st are left alone.
+  std::int64_t dot_rows;
+  void (*score_rows)(const T* q, std::int64_t q_ld, std::int64_t rows, const T* k,
+                     std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
+                     std::int64_t st_ld);
+
   // m[i] = max_j st[j][i], -inf for keys == 0, NaN if any st[j][i] is NaN.
   void (*block_max)(const T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, T* m);
 
-  // st[j][i] = exp(st[j][i] - m[i]) in place, l[i] = sum_j st[j][i]. Callers
-  // pass m[i] >= every st[j][i] (or NaN), so the exponent is <= 0.
-  void (*exp_sum)(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, const T* m,
-                  T* l);
+  // st[j][i] = exp(st[j][i] - m[i]) in place, l[i] = sum_j st[j][i]; returns
+  // the smallest weight of the tile, NaN weights aside. Callers pass
+  // m[i] >= every st[j][i] (or NaN), so the exponent is <= 0.
+  T (*exp_sum)(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, const T* m, T* l);
 
   // acc[i][:Ev] *= a[i] for i < rows (rows with a[i] == 1 are left alone).
   void (*scale_rows)(T* acc, std::int64_t acc_ld, std::int64_t rows, std::int64_t Ev, const T* a);
 
   // acc[i][e] += sum_j pt[j][i] * v[j * v_stride + e] for i < rows (any
-  // count), e < Ev. A zero weight times inf or NaN makes NaN here; the loop
-  // redoes such a block with exact_pv_accumulate (online_softmax.hpp).
+  // count), e < Ev. A zero weight times inf or NaN makes NaN here, which
+  // accumulate_values (online_softmax.hpp) takes care of.
   void (*pv_accumulate)(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
                         const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
                         std::int64_t acc_ld);

@@ -19,6 +19,8 @@ struct VecAvx2F32 {
   // 3 x 4.
   static constexpr int kScoreKeys = 4, kScoreRowVecs = 3;
   static constexpr int kPvRows = 6, kPvColVecs = 2;
+  // Dot-product score tile for few rows: 12 accumulators, 3 keys loaded.
+  static constexpr int kDotRows = 4, kDotKeys = 3;
 
   static R zero() { return _mm256_setzero_ps(); }
   static R set1(T x) { return _mm256_set1_ps(x); }
@@ -34,17 +36,19 @@ struct VecAvx2F32 {
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
   // maxps returns its second operand when either is NaN; keep a NaN in a.
   static R max_nan(R a, R b) {
     return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
   }
-  static R below(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-  static R zero_where(R mask, R x) { return _mm256_andnot_ps(mask, x); }
-  static R round(R x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  // 2^n for whole n in [-126, 127].
-  static R pow2i(R n) {
-    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  static R low_bits_as_exponent(R t) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
+  }
+  static T reduce_add(R x) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
   }
   static R exp(R x);
 };

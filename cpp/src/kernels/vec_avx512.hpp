@@ -16,6 +16,8 @@ struct VecAvx512F32 {
   // 24 accumulators + 2 loaded vectors + 1 broadcast of the 32 registers.
   static constexpr int kScoreKeys = 12, kScoreRowVecs = 2;
   static constexpr int kPvRows = 12, kPvColVecs = 2;
+  // Dot-product score tile for few rows: 24 accumulators, 6 keys loaded.
+  static constexpr int kDotRows = 4, kDotKeys = 6;
 
   static R zero() { return _mm512_setzero_ps(); }
   static R set1(T x) { return _mm512_set1_ps(x); }
@@ -30,20 +32,16 @@ struct VecAvx512F32 {
   static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
   // vmaxps returns its second operand when either is NaN; keep a NaN in a.
   static R max_nan(R a, R b) {
     return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
   }
-  static __mmask16 below(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static R zero_where(__mmask16 mask, R x) { return _mm512_maskz_mov_ps(_knot_mask16(mask), x); }
-  static R round(R x) {
-    return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  static R low_bits_as_exponent(R t) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));
   }
-  // 2^n for whole n in [-126, 127].
-  static R pow2i(R n) {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-  }
+  static T reduce_add(R x) { return _mm512_reduce_add_ps(x); }
   static R exp(R x);
 };
 

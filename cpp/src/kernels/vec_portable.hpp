@@ -19,6 +19,7 @@ struct VecPortable {
   // Small tiles: 16 SSE registers hold only four 64-byte vectors.
   static constexpr int kScoreKeys = 2, kScoreRowVecs = 1;
   static constexpr int kPvRows = 2, kPvColVecs = 1;
+  static constexpr int kDotRows = 2, kDotKeys = 1;
 
   static R zero() { return R{}; }
   static R set1(T x) { return R{} + x; }
@@ -40,21 +41,21 @@ struct VecPortable {
   static R sub(R a, R b) { return a - b; }
   static R mul(R a, R b) { return a * b; }
   static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R min(R a, R b) { return a < b ? a : b; }
+  static R max(R a, R b) { return a > b ? a : b; }
   static R max_nan(R a, R b) { return (a > b || a != a) ? a : b; }
-  static M below(R a, R b) { return a < b; }
-  static R zero_where(M mask, R x) { return mask ? R{} : x; }
-  // Adding and subtracting 1.5 * 2^23 rounds |x| < 2^22 to the nearest
-  // whole number in the default rounding mode.
-  static R round(R x) {
-    const R magic = set1(T(12582912.0));
-    return (x + magic) - magic;
-  }
-  // 2^n for whole n in [-126, 127].
-  static R pow2i(R n) {
-    const M e = (__builtin_convertvector(n, M) + 127) << 23;
+  static R low_bits_as_exponent(R t) {
+    M bits;
+    std::memcpy(&bits, &t, sizeof bits);
+    bits <<= 23;
     R x;
-    std::memcpy(&x, &e, sizeof x);
+    std::memcpy(&x, &bits, sizeof x);
     return x;
+  }
+  static T reduce_add(R x) {
+    T sum = x[0];
+    for (std::int64_t i = 1; i < N; ++i) sum += x[i];
+    return sum;
   }
   static R exp(R x);
 };

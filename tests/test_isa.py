@@ -1,0 +1,259 @@
+"""The float32 kernel sets: supported_isas / get_isa / set_isa, the
+DOTATTN_ISA environment variable, the accuracy of each set's exp, and the
+sets' agreement with each other (and the reference) on awkward shapes."""
+
+import os
+import subprocess
+import sys
+
+import dotattn
+import numpy as np
+import pytest
+from conftest import DTYPES, ISAS, assert_matches, check_attention, check_weights, qkv
+
+SUPPORTED = dotattn.supported_isas()
+UNSUPPORTED = [name for name in ISAS if name not in SUPPORTED]
+
+
+@pytest.fixture
+def restore_isa():
+    """Leaves the kernel set as the test found it."""
+    before = dotattn.get_isa()
+    yield
+    dotattn.set_isa(before)
+
+
+def run_python(code, **env_changes):
+    """Runs `code` in a fresh interpreter with the environment changed by
+    env_changes (a value of None removes the variable)."""
+    env = dict(os.environ)
+    for name, value in env_changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+# --- choosing the kernel set -------------------------------------------------
+
+
+def test_supported_isas_are_best_first_and_end_with_scalar():
+    assert SUPPORTED[-1] == "scalar"
+    assert all(isinstance(name, str) for name in SUPPORTED)
+    assert SUPPORTED == [name for name in ISAS if name in SUPPORTED]  # ISAS's order, no repeats
+
+
+def test_default_is_the_best_supported():
+    expected = os.environ.get("DOTATTN_ISA") or SUPPORTED[0]
+    assert dotattn.get_isa() == expected
+    # The same in a fresh process, with DOTATTN_ISA unset or empty.
+    for value in (None, ""):
+        result = run_python("import dotattn; print(dotattn.get_isa())", DOTATTN_ISA=value)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [SUPPORTED[0]]
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_set_isa_round_trips(restore_isa, name):
+    dotattn.set_isa(name)
+    assert dotattn.get_isa() == name
+    assert dotattn.show_config("dicts")["isa"] == name
+    dotattn.set_isa(SUPPORTED[-1])
+    assert dotattn.get_isa() == SUPPORTED[-1]
+
+
+def _names_isa_and_lists_supported(message, name):
+    assert f'"{name}"' in message, message
+    assert ", ".join(SUPPORTED) in message, message
+
+
+def test_set_isa_refuses_an_unknown_name(restore_isa):
+    before = dotattn.get_isa()
+    with pytest.raises(ValueError, match="nonsense") as info:
+        dotattn.set_isa("nonsense")
+    _names_isa_and_lists_supported(str(info.value), "nonsense")
+    assert dotattn.get_isa() == before
+
+
+@pytest.mark.skipif(not UNSUPPORTED, reason="this CPU supports every kernel set")
+@pytest.mark.parametrize("name", UNSUPPORTED)
+def test_set_isa_refuses_a_set_this_cpu_lacks(restore_isa, name):
+    before = dotattn.get_isa()
+    with pytest.raises(ValueError, match="does not support") as info:
+        dotattn.set_isa(name)
+    _names_isa_and_lists_supported(str(info.value), name)
+    assert dotattn.get_isa() == before
+
+
+@pytest.mark.parametrize("name", [3, None, b"scalar"])
+def test_set_isa_wants_a_str(restore_isa, name):
+    with pytest.raises(TypeError, match="set_isa: name must be a str"):
+        dotattn.set_isa(name)
+
+
+def test_dotattn_isa_chooses_the_kernels(rng, restore_isa, tmp_path):
+    q, k, v = qkv(rng, np.float32, Hq=2, L=5, S=70, E=24)
+    np.savez(tmp_path / "qkv.npz", q=q, k=k, v=v)
+    code = (
+        "import dotattn, numpy as np\n"
+        "print(dotattn.get_isa(), dotattn.show_config('dicts')['isa'])\n"
+        "dotattn.show_config()\n"
+        f"data = np.load({str(tmp_path / 'qkv.npz')!r})\n"
+        "print(dotattn.attention(data['q'], data['k'], data['v']).tobytes().hex())\n"
+    )
+    result = run_python(code, DOTATTN_ISA="scalar")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["scalar", "scalar"]
+    assert ["isa:", "scalar"] in [line.split() for line in lines]
+    # The result is the scalar kernels', bit for bit.
+    dotattn.set_isa("scalar")
+    assert lines[-1] == dotattn.attention(q, k, v).tobytes().hex()
+
+
+@pytest.mark.parametrize("name", ["bogus", *UNSUPPORTED])
+def test_a_bad_dotattn_isa_is_a_clear_error_at_first_use(name):
+    # Importing calls nothing; the variable is read, and refused, by the
+    # first call that needs the kernel set: get_isa, show_config or a
+    # float32 computation alike.
+    code = (
+        "import dotattn, numpy as np\n"
+        "print('imported', flush=True)\n"
+        "x = np.ones((2, 2), np.float32)\n"
+        "for call in (lambda: dotattn.attention(x, x, x), lambda: dotattn.show_config('dicts')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ValueError:\n"
+        "        print('ValueError', flush=True)\n"
+        "dotattn.get_isa()\n"
+    )
+    result = run_python(code, DOTATTN_ISA=name)
+    assert result.returncode != 0
+    assert result.stdout.split() == ["imported", "ValueError", "ValueError"]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("ValueError: DOTATTN_ISA: "), result.stderr
+    _names_isa_and_lists_supported(message, name)
+
+
+# --- exp -----------------------------------------------------------------------
+
+
+def exp_through_attention(x, weights=False):
+    """exp(x) for float32 x <= 0, as dotattn computes it, read back exactly
+    up to one rounding. Query row i is x[i] (E = 1, scale 1); key 0 is 1.0
+    and key 1 is 0.0, so row i scores [x[i], 0]: its max is 0, exactly, and
+    its unnormalised weights are [exp(x[i]), 1]. With the identity as values
+    the output row is those weights times 1 / l, l = 1 + exp(x[i]): out[i, 1]
+    is 1 / l itself and out[i, 0] = exp(x[i]) / l rounded once, so their
+    ratio is exp(x[i]) within 2**-24, and exactly exp(x[i]) where l rounds to
+    1 (x below about -16.6). Many rows rather than many keys, so that one
+    call computes every exp.
+
+    weights=True reads the weights from attention_weights instead."""
+    q = np.asarray(x, np.float32)[:, None]
+    k = np.array([[1.0], [0.0]], np.float32)
+    if weights:
+        w = dotattn.attention_weights(q, k, scale=1.0)
+    else:
+        w = dotattn.attention(q, k, np.eye(2, dtype=np.float32), scale=1.0)
+    w = w.astype(np.float64)
+    return w[:, 0] / w[:, 1], w[:, 1] == 1
+
+
+@pytest.mark.parametrize("path", ["attention", "attention_weights"])
+def test_exp_accuracy(isa, path):
+    """The float32 exp of each kernel set, over a grid of 200,001 points of
+    [-87, 0] (and 0 itself): max relative error against exp in float64.
+
+    Measured (avx2 and scalar, AMD EPYC; the same for both):
+      attention          1.17e-7 where it is read exactly (x < -16.6: at
+                         most 1 ulp from the correctly rounded float32), and
+                         1.47e-7 over all of [-87, 0], which includes the
+                         normalisation's rounding (up to 6e-8).
+      attention_weights  5.96e-8 where read exactly, 1.16e-7 over [-87, 0]:
+                         the weights loop exponentiates with std::exp (libm),
+                         not with the kernels.
+    Correct rounding to float32 alone gives 5.96e-8.
+
+    Below about -87.3 the kernels return 0 by design (exactly 0 from -88 on):
+    those weights are under FLT_MIN, nothing beside the row's largest
+    weight, 1."""
+    x = np.linspace(-87, 0, 200_001, dtype=np.float32)
+    assert x[0] == -87 and x[-1] == 0
+    exp, read_exactly = exp_through_attention(x, weights=path == "attention_weights")
+    exact = np.exp(x.astype(np.float64))
+    relative = np.abs(exp - exact) / exact
+    print(
+        f"\n{isa} {path}: exp max relative error {relative.max():.3g} on [-87, 0] "
+        f"(worst at x = {x[relative.argmax()]:.7g}), {relative[read_exactly].max():.3g} "
+        f"where read exactly (x <= {x[read_exactly].max():.4g})"
+    )
+    assert exp[-1] == 1
+    assert relative[read_exactly].max() <= 1.8e-7
+    assert relative.max() <= 2.5e-7
+
+    below = np.linspace(-150, -87, 20_001, dtype=np.float32)[:-1]
+    assert below.max() < -87
+    tiny, _ = exp_through_attention(below, weights=path == "attention_weights")
+    if path == "attention":  # exact down to where 2^n leaves the normal range, then 0
+        below_exact = np.exp(below.astype(np.float64))
+        accurate = np.abs(tiny - below_exact) <= 2.5e-7 * below_exact
+        assert np.all((tiny == 0) | accurate), tiny.max()
+        assert np.all(tiny[below <= -88] == 0)
+    else:  # libm's exp: normal down to -87.3, then subnormal
+        assert np.all(tiny <= np.exp(below.astype(np.float64)) * (1 + 2.5e-7) + 2.0**-149), tiny.max()
+
+
+# --- the kernel sets agree -------------------------------------------------------
+
+# (Hq, Hkv, L, S, E, Ev): odd sizes, tails of every tile, GQA, and one with
+# S >= 1024 and few rows (the split-K path).
+ODD_SHAPES = [
+    (1, 1, 1, 1, 1, 1),
+    (2, 2, 5, 33, 3, 17),
+    (2, 1, 1, 129, 17, 3),
+    (3, 3, 7, 65, 64, 129),
+    (2, 2, 33, 1, 129, 64),
+    (1, 1, 65, 127, 256, 256),
+    (4, 2, 3, 257, 1, 256),
+    (2, 2, 129, 5, 256, 1),
+    (4, 2, 3, 1025, 17, 64),
+]
+
+
+def odd_mask(rng, kind, shape, dtype):
+    """A mask of `kind` for (B, Hq, L, S) `shape`, with some rows fully masked."""
+    if kind == "none":
+        return None, False
+    if kind == "bool + upper_left":
+        mask = rng.random(shape) < 0.7
+        mask[..., -1, :] = False
+        return mask, True
+    mask = (rng.standard_normal(shape) * 2).astype(dtype)
+    mask[rng.random(shape) < 0.2] = -np.inf
+    mask[..., 0, :] = -np.inf
+    return mask, "lower_right"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_kind", ["none", "bool + upper_left", "additive + lower_right"])
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_sets_agree(rng, restore_isa, dtype, mask_kind, shape):
+    Hq, Hkv, L, S, E, Ev = shape
+    q, k, v = qkv(rng, dtype, batch=(2,), Hq=Hq, Hkv=Hkv, L=L, S=S, E=E, Ev=Ev)
+    mask, is_causal = odd_mask(rng, mask_kind, (2, Hq, L, S), dtype)
+    results = {}
+    for name in SUPPORTED:
+        dotattn.set_isa(name)
+        out = check_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        lse = dotattn.attention(q, k, v, attn_mask=mask, is_causal=is_causal, return_lse=True)[1]
+        weights = check_weights(q, k, attn_mask=mask, is_causal=is_causal)
+        results[name] = out, lse, weights
+    first = results[SUPPORTED[0]]
+    for name in SUPPORTED[1:]:
+        for a, b in zip(results[name], first):
+            if dtype == np.float64:  # float64 always runs the portable kernels
+                np.testing.assert_array_equal(a, b, err_msg=f"float64 differs under {name}")
+            else:
+                assert_matches(a, b.astype(np.float64), dtype)
