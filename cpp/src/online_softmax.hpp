@@ -79,19 +79,27 @@ bool all_finite(const T* x, std::int64_t n) {
   return finite;
 }
 
+template <class T>
+bool all_finite_rows(const T* x, std::int64_t rows, std::int64_t stride, std::int64_t cols) {
+  bool finite = true;
+  for (std::int64_t r = 0; r < rows; ++r) finite &= all_finite(x + r * stride, cols);
+  return finite;
+}
+
 // The P·V step. The fast kernel multiplies every weight, zeros included, so
 // an inf or NaN value with zero weight (a masked slot of a KV cache holding
 // garbage) would poison the row as 0 * inf. A block with a zero weight
-// (smallest_weight == 0: masked keys, or exp underflow) therefore keeps a
-// copy of acc, and if anything in acc became inf or NaN it is redone: the
-// kernel runs on the values with their non-finite entries zeroed (which
-// leaves every other sum exactly as it was), and the non-finite entries are
-// then added where their weight is nonzero. clean_v holds keys x Ev.
+// (smallest_weight == 0: masked keys, or exp underflow) and a non-finite
+// value therefore keeps a copy of acc, and if anything in acc became inf or
+// NaN it is redone: the kernel runs on the values with their non-finite
+// entries zeroed (which leaves every other sum exactly as it was), and the
+// non-finite entries are then added where their weight is nonzero. clean_v
+// holds keys x Ev.
 template <class T>
 void accumulate_values(const kernels::BlockKernels<T>& kern, const T* pt, std::int64_t pt_ld,
                        std::int64_t rows, std::int64_t keys, const T* v, std::int64_t v_stride,
                        std::int64_t Ev, T smallest_weight, T* acc, T* saved, T* clean_v) {
-  if (smallest_weight > T(0))
+  if (smallest_weight > T(0) || all_finite_rows(v, keys, v_stride, Ev))
     return kern.pv_accumulate(pt, pt_ld, rows, keys, v, v_stride, Ev, acc, Ev);
   const auto bytes = static_cast<std::size_t>(rows * Ev) * sizeof(T);
   std::memcpy(saved, acc, bytes);
