@@ -18,29 +18,39 @@
 namespace dotattn::detail {
 namespace {
 
+// One thread's scratch, carved from one allocation (a small call would
+// otherwise spend a fair share of its time in the allocator).
 template <class T>
 struct Tile {
-  AlignedArray<T> q;      // packed queries, E x tile_rows
-  AlignedArray<T> st;     // scores, then weights: keys x tile_rows
-  AlignedArray<T> acc;    // tile_rows x Ev
-  AlignedArray<T> saved;  // acc before the block's P·V step
-  AlignedArray<T> clean_v;  // the block's values with inf and NaN zeroed
-  AlignedArray<T> rows;   // m, l, block max, block sum, alpha
+  AlignedArray<T> buffer;
+  T* q;        // packed queries, E x tile_rows
+  T* st;       // scores, then weights: keys x tile_rows
+  T* acc;      // tile_rows x Ev
+  T* saved;    // acc before the block's P·V step
+  T* clean_v;  // the block's values with inf and NaN zeroed: keys x Ev
+  T* rows;     // m, l, block max, block sum, alpha: tile_rows each
 
-  Tile(const Problem& p, const Blocking& blk)
-      : q(aligned_array<T>(p.E * blk.tile_rows)),
-        st(aligned_array<T>(blk.keys * blk.tile_rows)),
-        acc(aligned_array<T>(blk.tile_rows * p.Ev)),
-        saved(aligned_array<T>(blk.tile_rows * p.Ev)),
-        clean_v(aligned_array<T>(blk.keys * p.Ev)),
-        rows(aligned_array<T>(5 * blk.tile_rows)) {
+  Tile(const Problem& p, const Blocking& blk) {
+    const std::int64_t sizes[] = {p.E * blk.tile_rows, blk.keys * blk.tile_rows,
+                                  blk.tile_rows * p.Ev, blk.tile_rows * p.Ev,
+                                  blk.keys * p.Ev,      5 * blk.tile_rows};
+    constexpr std::int64_t line = 64 / sizeof(T);
+    std::int64_t total = 0;
+    for (const std::int64_t n : sizes) total += round_up(n, line);
+    buffer = aligned_array<T>(total);  // moving the Tile keeps these pointers valid
+    T* next = buffer.get();
+    T** fields[] = {&q, &st, &acc, &saved, &clean_v, &rows};
+    for (std::size_t i = 0; i < 6; ++i) {
+      *fields[i] = next;
+      next += round_up(sizes[i], line);
+    }
     // score_rows leaves the padding rows alone: they must hold numbers.
-    std::fill(st.get(), st.get() + blk.keys * blk.tile_rows, T(0));
+    std::fill(st, st + blk.keys * blk.tile_rows, T(0));
   }
 
   RowState<T> state(std::int64_t tile_rows) const {
-    T* r = rows.get();
-    return {r, r + tile_rows, acc.get(), r + 2 * tile_rows, r + 3 * tile_rows, r + 4 * tile_rows};
+    return {rows, rows + tile_rows, acc, rows + 2 * tile_rows, rows + 3 * tile_rows,
+            rows + 4 * tile_rows};
   }
 };
 
@@ -48,7 +58,7 @@ struct Tile {
 template <class T>
 RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
                    const RowBlock& rb, std::int64_t j_begin, std::int64_t j_end, Tile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb, t.q.get(), blk.tile_rows);
+  const MaskedScores<T> scores(p, kern, rb, t.q, blk.tile_rows);
   const T* v = operand_rows<T>(p, p.v, rb.b, rb.hk, 0);
   const std::int64_t rows = rb.tile_rows();
   const RowState<T> s = t.state(blk.tile_rows);
@@ -59,10 +69,10 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
   const std::int64_t end = std::min(j_end, scores.key_end());
   for (std::int64_t j0 = j_begin; j0 < end; j0 += blk.keys) {
     const std::int64_t keys = std::min(blk.keys, end - j0);
-    scores.compute(j0, keys, t.st.get());
-    const T smallest = fold_block(kern, t.st.get(), keys, blk.tile_rows, rows, p.Ev, s);
-    accumulate_values(kern, t.st.get(), blk.tile_rows, rows, keys, v + j0 * p.v.row, p.v.row, p.Ev,
-                      smallest, s.acc, t.saved.get(), t.clean_v.get());
+    scores.compute(j0, keys, t.st);
+    const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
+    accumulate_values(kern, t.st, blk.tile_rows, rows, keys, v + j0 * p.v.row, p.v.row, p.Ev,
+                      smallest, s.acc, t.saved, t.clean_v);
   }
   return s;
 }

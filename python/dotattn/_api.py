@@ -24,8 +24,11 @@ def _needs_copy(a: np.ndarray, *, unit_last_stride: bool) -> bool:
     """Whether the core cannot read `a` in place: a non-native byte order, a
     misaligned buffer, byte strides that are not whole elements or, for
     query/key/value, a non-unit stride in the last dim."""
-    if not a.dtype.isnative or not a.flags.aligned:
+    flags = a.flags
+    if not a.dtype.isnative or not flags.aligned:
         return True
+    if flags.c_contiguous:  # the common case, answered without looking at strides
+        return False
     if any(s % a.itemsize for s in a.strides):
         return True
     return unit_last_stride and a.ndim > 0 and a.size > 0 and a.shape[-1] > 1 and a.strides[-1] != a.itemsize
