@@ -80,13 +80,12 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
 // Output row and LSE of tile row t of rb.
 template <class T>
 T* out_row(const Problem& p, const RowBlock& rb, std::int64_t t) {
-  return static_cast<T*>(p.out) + result_offset(p, rb.b, rb.h0 + t / rb.rows, rb.r0 + t % rb.rows, p.Ev);
+  return static_cast<T*>(p.out) + rb.result_offset(p, t, p.Ev);
 }
 
 template <class T>
 T* lse_of(const Problem& p, const RowBlock& rb, std::int64_t t) {
-  return p.lse ? static_cast<T*>(p.lse) + result_offset(p, rb.b, rb.h0 + t / rb.rows, rb.r0 + t % rb.rows, 1)
-               : nullptr;
+  return p.lse ? static_cast<T*>(p.lse) + rb.result_offset(p, t, 1) : nullptr;
 }
 
 // The states of every key range of every row block, for the merge pass.

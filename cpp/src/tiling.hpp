@@ -78,6 +78,11 @@ struct RowBlock {
   std::int64_t b, h0, heads, hk, r0, rows;
 
   std::int64_t tile_rows() const { return heads * rows; }
+
+  // Offset of tile row t in a C-contiguous (batch, Hq, L, cols) result.
+  std::int64_t result_offset(const Problem& p, std::int64_t t, std::int64_t cols) const {
+    return ((b * p.Hq + h0 + t / rows) * p.L + r0 + t % rows) * cols;
+  }
 };
 
 // Row blocks are numbered with the last query blocks first: under a causal
@@ -102,13 +107,6 @@ template <class T>
 const T* operand_rows(const Problem& p, const Layout& t, std::int64_t b, std::int64_t head,
                       std::int64_t row) {
   return static_cast<const T*>(t.data) + batch_offset(p, t, b) + head * t.head + row * t.row;
-}
-
-// Offset of row `row` of head `head` in batch b of a C-contiguous result
-// with `cols` columns.
-inline std::int64_t result_offset(const Problem& p, std::int64_t b, std::int64_t head,
-                                  std::int64_t row, std::int64_t cols) {
-  return ((b * p.Hq + head) * p.L + row) * cols;
 }
 
 // 64-byte aligned scratch arrays.

@@ -27,7 +27,7 @@ template <class T>
 void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
                      const Blocking& blk, const RowBlock& rb, WeightsTile<T>& t) {
   const MaskedScores<T> scores(p, kern, rb, t.q.get(), blk.tile_rows);
-  T* w = static_cast<T*>(p.out) + result_offset(p, rb.b, rb.h0, rb.r0, p.S);
+  T* w = static_cast<T*>(p.out) + rb.result_offset(p, 0, p.S);
 
   const std::int64_t kv_end = scores.key_end();
   for (std::int64_t j0 = 0; j0 < kv_end; j0 += blk.keys) {
