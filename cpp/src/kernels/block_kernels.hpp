@@ -1,8 +1,9 @@
 // The block kernels written once over a vector type V, and compiled once per
 // ISA: kernels/<isa>.cpp includes its vector type (vec_<isa>.hpp) and this
-// file, under that ISA's flags. Every function here is a template on V and V
-// differs per ISA, so no instantiation is shared between files built with
-// different flags.
+// file, under that ISA's flags. Every function here is a member of
+// BlockKernelsFor<V> or a template on V (with_count is called only with
+// lambdas made inside those), and V differs per ISA, so no instantiation is
+// shared between files built with different flags.
 //
 // V provides (R is its register type, N its lanes of T):
 //   zero, set1, load, store (unaligned), load_partial / store_partial (the
@@ -35,15 +36,6 @@ inline void with_count(std::int64_t n, const F& f) {
   }
 }
 
-// Asks for rows [0, count) of a row-major array (cols each) to be brought
-// into cache. Prefetches never fault, so rows past the end are harmless.
-template <class T>
-inline void prefetch_rows(const T* p, std::int64_t stride, std::int64_t count, std::int64_t cols) {
-  for (std::int64_t r = 0; r < count; ++r)
-    for (std::int64_t c = 0; c < cols; c += 64 / static_cast<std::int64_t>(sizeof(T)))
-      __builtin_prefetch(p + r * stride + c, 0, 3);
-}
-
 // How far ahead the few-rows (decoding) kernels prefetch the keys and
 // values they stream from memory. Measured on Zen 3, one core, E = Ev = 128,
 // K and V far larger than the caches: keys read at 7.8 GB/s without and 13
@@ -56,6 +48,17 @@ struct BlockKernelsFor {
   using T = typename V::T;
   using R = typename V::R;
   static constexpr std::int64_t N = V::N;
+
+  // Asks for rows [0, count) of a row-major array (cols each) to be brought
+  // into cache. Prefetches never fault, so rows past the end are harmless.
+  // A member, like everything compiled with an ISA's flags, so that no
+  // instantiation is shared with a file built for another ISA.
+  static void prefetch_rows(const T* p, std::int64_t stride, std::int64_t count,
+                            std::int64_t cols) {
+    for (std::int64_t r = 0; r < count; ++r)
+      for (std::int64_t c = 0; c < cols; c += 64 / static_cast<std::int64_t>(sizeof(T)))
+        __builtin_prefetch(p + r * stride + c, 0, 3);
+  }
 
   // Scores of Keys keys against RowVecs * N rows.
   template <int Keys, int RowVecs>
