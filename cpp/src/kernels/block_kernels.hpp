@@ -109,9 +109,9 @@ struct BlockKernelsFor {
     });
   }
 
-  // With a single row vector (decoding: the few query rows of one KV
-  // group), the tile takes more keys instead, so that as many accumulators
-  // as usual hide the FMA latency.
+  // With a single row vector (a few query rows, more than score_rows takes),
+  // the tile takes more keys instead, so that as many accumulators as usual
+  // hide the FMA latency.
   static void score_tile(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
                          std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
                          std::int64_t st_ld) {
