@@ -5,11 +5,21 @@ compiled core. Shapes, dtypes, masks and outputs are checked in C++
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from . import _core
+
+if TYPE_CHECKING:  # names for the annotations only; nothing here exists at run time
+    from typing import TypeVar, Union
+
+    from numpy.typing import ArrayLike, NDArray
+
+    # The dtypes dotattn computes in: a result has its query's.
+    _Float = TypeVar("_Float", np.float32, np.float64)
+    _IsCausal = Union[bool, np.bool_, Literal["upper_left", "lower_right"]]
+    _Scale = Union[float, np.floating[Any], np.integer[Any], None]
 
 __all__ = [
     "attention",
@@ -20,7 +30,7 @@ __all__ = [
 ]
 
 
-def _needs_copy(a: np.ndarray, *, unit_last_stride: bool) -> bool:
+def _needs_copy(a: NDArray[Any], *, unit_last_stride: bool) -> bool:
     """Whether the core cannot read `a` in place: a non-native byte order, a
     misaligned buffer, byte strides that are not whole elements or, for
     query/key/value, a non-unit stride in the last dim."""
@@ -34,7 +44,7 @@ def _needs_copy(a: np.ndarray, *, unit_last_stride: bool) -> bool:
     return unit_last_stride and a.ndim > 0 and a.size > 0 and a.shape[-1] > 1 and a.strides[-1] != a.itemsize
 
 
-def _readable(x: Any, name: str, *, is_mask: bool = False) -> np.ndarray:
+def _readable(x: Any, name: str, *, is_mask: bool = False) -> NDArray[Any]:
     """`x` as an array the core reads in place; copied once only when it must be."""
     a = np.asarray(x)
     is_float = a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)
@@ -50,7 +60,7 @@ def _causal(is_causal: Any) -> _core.Causal:
     if isinstance(is_causal, (bool, np.bool_)):
         return _core.Causal.upper_left if is_causal else _core.Causal.none
     if isinstance(is_causal, str) and is_causal in ("upper_left", "lower_right"):
-        return getattr(_core.Causal, is_causal)
+        return _core.Causal.__members__[is_causal]
     message = f"is_causal must be False, True, 'upper_left' or 'lower_right'; got {is_causal!r}"
     raise (ValueError if isinstance(is_causal, str) else TypeError)(message)
 
@@ -63,23 +73,85 @@ def _scale(scale: Any) -> float | None:
     return float(scale)
 
 
-def _output(out: Any) -> np.ndarray | None:
+def _output(out: Any) -> NDArray[Any] | None:
     if out is not None and not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray; got {type(out).__name__}")
     return out
 
 
+# The overloads tell type checkers what attention() returns: an array of the
+# query's dtype, or (out, lse) with return_lse=True.
+@overload
 def attention(
-    query: Any,
-    key: Any,
-    value: Any,
+    query: NDArray[_Float],
+    key: ArrayLike,
+    value: ArrayLike,
     *,
-    attn_mask: Any = None,
-    is_causal: bool | str = False,
-    scale: float | None = None,
-    out: np.ndarray | None = None,
+    attn_mask: ArrayLike | None = ...,
+    is_causal: _IsCausal = ...,
+    scale: _Scale = ...,
+    out: NDArray[Any] | None = ...,
+    return_lse: Literal[False] = ...,
+) -> NDArray[_Float]: ...
+@overload
+def attention(
+    query: NDArray[_Float],
+    key: ArrayLike,
+    value: ArrayLike,
+    *,
+    attn_mask: ArrayLike | None = ...,
+    is_causal: _IsCausal = ...,
+    scale: _Scale = ...,
+    out: NDArray[Any] | None = ...,
+    return_lse: Literal[True],
+) -> tuple[NDArray[_Float], NDArray[_Float]]: ...
+@overload
+def attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    *,
+    attn_mask: ArrayLike | None = ...,
+    is_causal: _IsCausal = ...,
+    scale: _Scale = ...,
+    out: NDArray[Any] | None = ...,
+    return_lse: Literal[False] = ...,
+) -> NDArray[np.floating[Any]]: ...
+@overload
+def attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    *,
+    attn_mask: ArrayLike | None = ...,
+    is_causal: _IsCausal = ...,
+    scale: _Scale = ...,
+    out: NDArray[Any] | None = ...,
+    return_lse: Literal[True],
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
+@overload
+def attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    *,
+    attn_mask: ArrayLike | None = ...,
+    is_causal: _IsCausal = ...,
+    scale: _Scale = ...,
+    out: NDArray[Any] | None = ...,
+    return_lse: bool = ...,
+) -> NDArray[np.floating[Any]] | tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
+def attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    *,
+    attn_mask: ArrayLike | None = None,
+    is_causal: _IsCausal = False,
+    scale: _Scale = None,
+    out: NDArray[Any] | None = None,
     return_lse: bool = False,
-) -> Any:
+) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]:
     """Scaled dot-product attention: ``softmax(query @ key.T * scale + mask) @ value``.
 
     Parameters
@@ -135,17 +207,38 @@ def attention(
         _output(out),
         bool(return_lse),
     )
-    return (result, lse) if return_lse else result
+    if not return_lse:
+        return result
+    assert lse is not None  # the core returns it when asked
+    return result, lse
 
 
+@overload
 def attention_weights(
-    query: Any,
-    key: Any,
+    query: NDArray[_Float],
+    key: ArrayLike,
     *,
-    attn_mask: Any = None,
-    is_causal: bool | str = False,
-    scale: float | None = None,
-) -> np.ndarray:
+    attn_mask: ArrayLike | None = ...,
+    is_causal: _IsCausal = ...,
+    scale: _Scale = ...,
+) -> NDArray[_Float]: ...
+@overload
+def attention_weights(
+    query: ArrayLike,
+    key: ArrayLike,
+    *,
+    attn_mask: ArrayLike | None = ...,
+    is_causal: _IsCausal = ...,
+    scale: _Scale = ...,
+) -> NDArray[np.floating[Any]]: ...
+def attention_weights(
+    query: ArrayLike,
+    key: ArrayLike,
+    *,
+    attn_mask: ArrayLike | None = None,
+    is_causal: _IsCausal = False,
+    scale: _Scale = None,
+) -> NDArray[Any]:
     """The attention weights ``softmax(query @ key.T * scale + mask)``.
 
     How much each query token draws from each key token: shape
@@ -197,6 +290,12 @@ def set_isa(name: str) -> None:
     _core.set_isa(name)
 
 
+@overload
+def show_config(mode: Literal["stdout"] = ...) -> None: ...
+@overload
+def show_config(mode: Literal["dicts"]) -> dict[str, Any]: ...
+@overload
+def show_config(mode: str) -> dict[str, Any] | None: ...
 def show_config(mode: str = "stdout") -> dict[str, Any] | None:
     """The build and the machine as dotattn sees them: version, compiler,
     build flags, OpenMP, CPU and its features, the kernel sets supported and

@@ -91,7 +91,9 @@ def attention_weights(
     return weights
 
 
-def _softmax(query, key, attn_mask, is_causal, scale):
+def _softmax(
+    query: Any, key: Any, attn_mask: Any, is_causal: Any, scale: Any
+) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(query, dtype=np.float64)
     k = _per_query_head(np.asarray(key, dtype=np.float64), q)
     L, E = q.shape[-2:]
@@ -134,7 +136,7 @@ def _weighted_sum(weights: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.where(nan, np.nan, np.where(pos, np.inf, np.where(neg, -np.inf, result)))
 
 
-def _causal_visible(is_causal, L: int, S: int) -> np.ndarray:
+def _causal_visible(is_causal: Any, L: int, S: int) -> np.ndarray:
     """(L, S) booleans: may query row i see key j under is_causal."""
     i = np.arange(L)[:, None]
     j = np.arange(S)[None, :]

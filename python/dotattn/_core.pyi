@@ -1,0 +1,88 @@
+"""Type stubs for dotattn._core, the compiled module (cpp/bindings/python_module.cpp).
+
+The public functions are those of the dotattn package (python/dotattn/_api.py),
+which prepare the arguments: the functions here take arrays as they are
+(NumPy arrays only, never converted), every argument given, and raise
+TypeError for a dtype other than float32/float64 (bool for attn_mask) in
+native byte order and ValueError for other bad arguments."""
+
+from typing import Any, ClassVar, Literal, overload
+
+import numpy as np
+from numpy.typing import NDArray
+
+__version__: str
+
+class Causal:
+    """Which keys a query row sees: none (all), upper_left (j <= i),
+    lower_right (j <= i + S - L). A pybind11 enum."""
+
+    none: ClassVar[Causal]
+    upper_left: ClassVar[Causal]
+    lower_right: ClassVar[Causal]
+    __members__: ClassVar[dict[str, Causal]]
+
+    def __init__(self, value: int) -> None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __ne__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __int__(self) -> int: ...
+    def __getstate__(self) -> int: ...
+    def __setstate__(self, state: int) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+# Returns (out, lse): out is the `out` argument when one is given, else a new
+# array of the query's dtype; lse is None unless return_lse.
+@overload
+def attention(
+    query: NDArray[np.floating[Any]],
+    key: NDArray[np.floating[Any]],
+    value: NDArray[np.floating[Any]],
+    attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
+    causal: Causal,
+    scale: float | None,
+    out: NDArray[np.floating[Any]] | None,
+    return_lse: Literal[False],
+) -> tuple[NDArray[np.floating[Any]], None]: ...
+@overload
+def attention(
+    query: NDArray[np.floating[Any]],
+    key: NDArray[np.floating[Any]],
+    value: NDArray[np.floating[Any]],
+    attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
+    causal: Causal,
+    scale: float | None,
+    out: NDArray[np.floating[Any]] | None,
+    return_lse: Literal[True],
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
+@overload
+def attention(
+    query: NDArray[np.floating[Any]],
+    key: NDArray[np.floating[Any]],
+    value: NDArray[np.floating[Any]],
+    attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
+    causal: Causal,
+    scale: float | None,
+    out: NDArray[np.floating[Any]] | None,
+    return_lse: bool,
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
+def attention_weights(
+    query: NDArray[np.floating[Any]],
+    key: NDArray[np.floating[Any]],
+    attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
+    causal: Causal,
+    scale: float | None,
+) -> NDArray[np.floating[Any]]: ...
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
+def supported_isas() -> list[str]: ...
+def get_isa() -> str: ...
+def set_isa(name: str) -> None: ...
+
+# Keys: version, compiler, build_type, build_flags, openmp, cpu, isa (str);
+# cpu_features, supported_isas (list[str]); num_threads (int).
+def runtime_info() -> dict[str, Any]: ...
