@@ -4,6 +4,10 @@
 #include <atomic>
 #include <string>
 
+#if defined(_OPENMP) && defined(__unix__)
+#include <pthread.h>
+#endif
+
 #include "dotattn/dotattn.hpp"
 
 namespace dotattn {
@@ -12,9 +16,27 @@ namespace {
 // 0 until set_num_threads(): then OpenMP's default for the calling thread.
 std::atomic<int> g_num_threads{0};
 
+// fork(): GNU libgomp's thread pool does not survive it. The child has only
+// the thread that forked, and if that thread had led a parallel region, the
+// child's next one waits forever for the parent's workers. So a child forked
+// after a call here has run on more than one thread computes every call on
+// its own thread, without entering OpenMP (see parallel_for), whatever
+// set_num_threads() says; get_num_threads() says 1 there. A child forked
+// before any such call keeps its threads.
+std::atomic<bool> g_threads_started{false};
+std::atomic<bool> g_serial_after_fork{false};
+
+#if defined(_OPENMP) && defined(__unix__)
+void in_forked_child() {
+  if (g_threads_started.load()) g_serial_after_fork.store(true);
+}
+[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, in_forked_child);
+#endif
+
 }  // namespace
 
 int get_num_threads() {
+  if (g_serial_after_fork.load(std::memory_order_relaxed)) return 1;
   const int n = g_num_threads.load(std::memory_order_relaxed);
   if (n > 0) return n;
 #if defined(_OPENMP)
@@ -32,7 +54,10 @@ void set_num_threads(int n) {
 namespace detail {
 
 int threads_for(std::int64_t items) {
-  return static_cast<int>(std::clamp<std::int64_t>(items, 1, get_num_threads()));
+  const int threads = static_cast<int>(std::clamp<std::int64_t>(items, 1, get_num_threads()));
+  // Before the parallel region starts: a fork() from now on sees it.
+  if (threads > 1 && !g_threads_started.load(std::memory_order_relaxed)) g_threads_started.store(true);
+  return threads;
 }
 
 }  // namespace detail

@@ -21,6 +21,12 @@ int threads_for(std::int64_t items);
 template <class Body>
 void parallel_for(std::int64_t items, int threads, const Body& body) {
 #if defined(_OPENMP)
+  // One thread runs without OpenMP: no team to start, and nothing of the
+  // runtime's that fork() may have left broken is touched (threading.cpp).
+  if (threads <= 1) {
+    for (std::int64_t item = 0; item < items; ++item) body(0, item);
+    return;
+  }
   // Items cost unequal amounts under a causal mask: deal them out one by one.
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (std::int64_t item = 0; item < items; ++item) body(omp_get_thread_num(), item);

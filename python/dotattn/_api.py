@@ -258,7 +258,9 @@ def attention_weights(
 
 def get_num_threads() -> int:
     """Threads one call uses: the value of set_num_threads(), or else
-    OpenMP's default (which honours OMP_NUM_THREADS)."""
+    OpenMP's default (which honours OMP_NUM_THREADS). In a process forked
+    after a call has run on more than one thread: 1, whatever was set (GNU
+    libgomp's thread pool does not survive fork())."""
     return _core.get_num_threads()
 
 

@@ -114,7 +114,9 @@ void attention_weights(const TensorView& query, const TensorView& key, const Out
                        const Options& options = {});
 
 // Threads used by one call. Until set, OpenMP's default for the calling
-// thread (which honours OMP_NUM_THREADS). n must be >= 1.
+// thread (which honours OMP_NUM_THREADS). n must be >= 1. In a process
+// forked after a call has run on more than one thread: 1, whatever was set
+// (GNU libgomp's thread pool does not survive fork()).
 int get_num_threads();
 void set_num_threads(int n);
 
