@@ -252,6 +252,26 @@ void check_result_buffer(const char* name, const OutputView& o, const Problem& p
                          format_shape(expected));
 }
 
+// The result the caller allocates from `shape` (and, for attention, the LSE:
+// every dim but the last): their element counts and sizes in bytes must fit
+// in 64 bits, as NumPy's own limit has it, or a size or offset computed from
+// them would wrap. Inputs that fit can still give such a result, e.g. the
+// L x S attention weights of a long broadcast query and key.
+void check_result_size(const char* result, const Dims& shape, DType dtype, const Dims& query,
+                       const char* other, const Dims& other_shape) {
+  const auto size = static_cast<std::int64_t>(itemsize(dtype));
+  std::int64_t rows = 1, bytes = 0;
+  bool overflow = false;
+  for (std::size_t d = 0; d + 1 < shape.size(); ++d)
+    overflow = overflow || __builtin_mul_overflow(rows, shape[d], &rows);
+  overflow = overflow || __builtin_mul_overflow(rows, size, &bytes) ||
+             __builtin_mul_overflow(bytes, shape.back(), &bytes);
+  if (overflow)
+    throw argument_error(described("query", query) + " and " + described(other, other_shape) +
+                         " give " + result + " of shape " + format_shape(shape) +
+                         ", too large: its size in bytes overflows 64 bits");
+}
+
 void check_no_overlap(const char* name, const Extent& written, const TensorView& q,
                       const TensorView& k, const TensorView* v, const Options& options) {
   const auto refuse_if = [&](const char* input, const Extent& read) {
@@ -271,9 +291,10 @@ Problem check_attention(const TensorView& query, const TensorView& key, const Te
                         const OutputView* out, const Options& options) {
   Problem p = check_qkv(query, key, &value);
   check_options(p, options, query.shape);
+  const Dims expected = result_shape(query.shape, p.Ev);
+  check_result_size("a result", expected, p.dtype, query.shape, "value", value.shape);
   if (!out) return p;
 
-  const Dims expected = result_shape(query.shape, p.Ev);
   check_result_buffer("out", *out, p, expected);
   const Extent out_extent = extent_of("out", *out);
   check_no_overlap("out", out_extent, query, key, &value, options);
@@ -297,9 +318,11 @@ Problem check_weights(const TensorView& query, const TensorView& key, const Outp
     throw argument_error("lse is an output of attention(), not of attention_weights()");
   Problem p = check_qkv(query, key, nullptr);
   check_options(p, options, query.shape);
+  const Dims expected = result_shape(query.shape, p.S);
+  check_result_size("attention weights", expected, p.dtype, query.shape, "key", key.shape);
   if (!weights) return p;
 
-  check_result_buffer("weights", *weights, p, result_shape(query.shape, p.S));
+  check_result_buffer("weights", *weights, p, expected);
   check_no_overlap("weights", extent_of("weights", *weights), query, key, nullptr, options);
   p.out = weights->data;
   return p;

@@ -16,6 +16,7 @@
 //   registers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -42,6 +43,11 @@ inline void with_count(std::int64_t n, const F& f) {
 // to 14.6 with 6 to 24 keys ahead; values at 8.8 without and 11 to 12.5
 // with 8 or 16 ahead (a plain streaming read: 12 GB/s).
 constexpr std::int64_t kKeysAhead = 12, kValuesAhead = 16;
+
+// exp_sum adds a row's weights in chunks of this many keys, then the chunk
+// sums: the rounding error grows as (kSumChunk + keys / kSumChunk) ulps
+// rather than keys ulps.
+constexpr std::int64_t kSumChunk = 16;
 
 template <class V>
 struct BlockKernelsFor {
@@ -190,11 +196,19 @@ struct BlockKernelsFor {
     for (std::int64_t i = 0; i < rows; i += N) {
       const R mi = V::load(m + i);
       R sum = V::zero();
-      for (std::int64_t j = 0; j < keys; ++j) {
-        const R p = V::exp(V::sub(V::load(st + j * st_ld + i), mi));
-        V::store(st + j * st_ld + i, p);
-        sum = V::add(sum, p);
-        smallest = V::min(p, smallest);  // a NaN p is passed over
+      // Summed by chunks: beside a weight of 1, a weight under half an ulp
+      // of 1 (exp(-16.6) in float32) would be rounded away when added
+      // alone, and many such weights are a real share of the sum.
+      for (std::int64_t j0 = 0; j0 < keys; j0 += kSumChunk) {
+        const std::int64_t j1 = j0 + kSumChunk < keys ? j0 + kSumChunk : keys;
+        R chunk = V::zero();
+        for (std::int64_t j = j0; j < j1; ++j) {
+          const R p = V::exp(V::sub(V::load(st + j * st_ld + i), mi));
+          V::store(st + j * st_ld + i, p);
+          chunk = V::add(chunk, p);
+          smallest = V::min(p, smallest);  // a NaN p is passed over
+        }
+        sum = V::add(sum, chunk);
       }
       V::store(l + i, sum);
     }
@@ -209,8 +223,14 @@ struct BlockKernelsFor {
                          const T* a) {
     for (std::int64_t i = 0; i < rows; ++i) {
       if (a[i] == T(1)) continue;
-      const R ai = V::set1(a[i]);
       T* row = acc + i * acc_ld;
+      if (a[i] == T(0)) {
+        // The row's earlier weights all underflowed: what they brought goes,
+        // an inf value included (0 * inf would be NaN).
+        std::fill(row, row + Ev, T(0));
+        continue;
+      }
+      const R ai = V::set1(a[i]);
       std::int64_t e = 0;
       for (; e + N <= Ev; e += N) V::store(row + e, V::mul(V::load(row + e), ai));
       if (e < Ev) V::store_partial(row + e, V::mul(V::load_partial(row + e, Ev - e), ai), Ev - e);

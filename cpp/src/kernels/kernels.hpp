@@ -46,7 +46,8 @@ struct BlockKernels {
   // m[i] >= every st[j][i] (or NaN), so the exponent is <= 0.
   T (*exp_sum)(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, const T* m, T* l);
 
-  // acc[i][:Ev] *= a[i] for i < rows (rows with a[i] == 1 are left alone).
+  // acc[i][:Ev] *= a[i] for i < rows (rows with a[i] == 1 are left alone;
+  // rows with a[i] == 0 become zeros, even where they held inf or NaN).
   void (*scale_rows)(T* acc, std::int64_t acc_ld, std::int64_t rows, std::int64_t Ev, const T* a);
 
   // acc[i][e] += sum_j pt[j][i] * v[j * v_stride + e] for i < rows (any
