@@ -7,17 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-run() {
-  echo "+ $*"
-  "$@"
-}
-
-for tool in cmake ninja; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "$tool not found (pip install cmake ninja)" >&2
-    exit 1
-  fi
-done
+# shellcheck source=.ci/common.sh
+. .ci/common.sh
+require_cmake_and_ninja
 jobs="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

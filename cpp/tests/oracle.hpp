@@ -1,0 +1,51 @@
+// The tests' oracle: attention computed from its definition in double
+// precision with plain loops (the rules of python/dotattn/reference.py), and
+// the comparison against it with the accuracy dotattn promises
+// (reference.py's TOLERANCES and errors()).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <dotattn/dotattn.hpp>
+
+namespace dotattn_test {
+
+// The sizes of one call; B is the product of the batch dims.
+struct Sizes {
+  std::int64_t B = 1, Hq = 1, Hkv = 1, L = 1, S = 1, E = 1, Ev = 1;
+};
+
+std::string describe(const Sizes& n);
+
+// The additive term of score (b, h, i, j), for flat batch index b and query
+// head h: 0 leaves the score as it is, -inf hides the key.
+using MaskFunction =
+    std::function<double(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j)>;
+
+struct Expected {
+  std::vector<double> out;      // (B, Hq, L, Ev)
+  std::vector<double> lse;      // (B, Hq, L)
+  std::vector<double> weights;  // (B, Hq, L, S)
+};
+
+// q (B, Hq, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev), C-contiguous; mask
+// may be empty. Query head h reads key/value head h / (Hq / Hkv).
+Expected naive_attention(const Sizes& n, const std::vector<double>& q, const std::vector<double>& k,
+                         const std::vector<double>& v, double scale, dotattn::Causal causal,
+                         const MaskFunction& mask);
+
+// How far got is from want: "" if it is within tolerance, else what is
+// wrong. Like reference.py's errors(): NaN and +-inf must be in the same
+// places; over want's finite entries, ||got - want|| <= tol * ||want|| and
+// max|got - want| <= tol * max|want|.
+std::string mismatch(const std::vector<double>& got, const std::vector<double>& want, double tol);
+
+template <class T>
+constexpr double tolerance() {
+  return sizeof(T) == 4 ? 1e-5 : 1e-12;
+}
+
+}  // namespace dotattn_test
