@@ -16,7 +16,6 @@
 //   registers.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -224,16 +223,14 @@ struct BlockKernelsFor {
     for (std::int64_t i = 0; i < rows; ++i) {
       if (a[i] == T(1)) continue;
       T* row = acc + i * acc_ld;
-      if (a[i] == T(0)) {
-        // The row's earlier weights all underflowed: what they brought goes,
-        // an inf value included (0 * inf would be NaN).
-        std::fill(row, row + Ev, T(0));
-        continue;
-      }
+      // a[i] == 0: the row's earlier weights all underflowed, and what they
+      // brought goes, an inf value included (0 * inf would be NaN).
+      const bool clear = a[i] == T(0);
       const R ai = V::set1(a[i]);
+      const auto scaled = [&](R x) { return clear ? V::zero() : V::mul(x, ai); };
       std::int64_t e = 0;
-      for (; e + N <= Ev; e += N) V::store(row + e, V::mul(V::load(row + e), ai));
-      if (e < Ev) V::store_partial(row + e, V::mul(V::load_partial(row + e, Ev - e), ai), Ev - e);
+      for (; e + N <= Ev; e += N) V::store(row + e, scaled(V::load(row + e)));
+      if (e < Ev) V::store_partial(row + e, scaled(V::load_partial(row + e, Ev - e)), Ev - e);
     }
   }
 
