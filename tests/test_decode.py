@@ -240,7 +240,7 @@ L = S = 32768
 E = 64
 rng = np.random.default_rng(0)
 q, k, v = (rng.standard_normal((1, n, E), dtype=np.float32) for n in (L, S, S))
-out = np.zeros((1, L, E), dtype=np.float32)  # allocated and touched
+out = np.full((1, L, E), np.nan, dtype=np.float32)  # written, so its pages count before
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 dotattn.attention(q, k, v, is_causal=True, out=out)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -303,7 +303,8 @@ def another_libgomp(loaded):
 loaded = loaded_libgomp()
 path = loaded if RUNTIME == "same" else another_libgomp(loaded)
 if path is None:
-    print(json.dumps({"skip": f"no {RUNTIME} libgomp to drive"}))
+    which = "libgomp loaded" if RUNTIME == "same" else "libgomp besides dotattn's (system or PyTorch's)"
+    print(json.dumps({"skip": f"no {which} to drive"}))
     sys.exit(0)
 gomp = ctypes.CDLL(path)
 for name in ("omp_get_thread_num", "omp_get_num_threads", "omp_get_level"):
