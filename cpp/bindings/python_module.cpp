@@ -22,8 +22,14 @@ dotattn::DType dtype_of(const py::array& a, const char* name) {
   if (dt.equal(py::dtype::of<float>())) return dotattn::DType::float32;
   if (dt.equal(py::dtype::of<double>())) return dotattn::DType::float64;
   if (dt.equal(py::dtype::of<bool>())) return dotattn::DType::boolean;
+  if (dt.equal(py::dtype("float16"))) return dotattn::DType::float16;
+  if (dt.equal(py::dtype::of<std::int8_t>())) return dotattn::DType::int8;
+  // ml_dtypes.bfloat16, recognised by name: ml_dtypes is not a dependency.
+  if (dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16")
+    return dotattn::DType::bfloat16;
   throw dotattn::dtype_error(std::string(name) + " has dtype " + py::str(dt).cast<std::string>() +
-                             "; expected float32 or float64 in native byte order");
+                             "; expected float32, float64, float16, bfloat16, int8 or bool in "
+                             "native byte order");
 }
 
 // "name (2, 3)", as the core's messages name an argument.
@@ -55,7 +61,30 @@ dotattn::TensorView input_view(const py::array& a, const char* name) {
   const dotattn::DType dtype = dtype_of(a, name);
   if (!aligned(a))
     throw dotattn::argument_error(described(a, name) + " must be aligned to its dtype");
-  return {a.data(), dtype, shape_of(a), element_strides(a, name)};
+  return {a.data(), dtype, shape_of(a), element_strides(a, name), std::nullopt};
+}
+
+// key or value, with the scales of an int8 one (dotattn.QuantizedKV's).
+dotattn::TensorView stored_view(const py::array& a, const std::optional<py::array>& scale,
+                                const char* name) {
+  dotattn::TensorView t = input_view(a, name);
+  if (scale) {
+    const std::string scale_name = std::string(name) + " scale";
+    const dotattn::TensorView s = input_view(*scale, scale_name.c_str());
+    if (s.dtype != dotattn::DType::float32)
+      throw dotattn::dtype_error(scale_name + " has dtype " + dotattn::dtype_name(s.dtype) +
+                                 "; expected float32");
+    t.scale = dotattn::ScaleView{static_cast<const float*>(s.data), s.shape, s.strides};
+  }
+  return t;
+}
+
+// A writable array of any strides (quantize's outputs: a slot of a cache).
+template <class T>
+T* writable_data(py::array& a, const char* name) {
+  if (!a.writeable()) throw dotattn::argument_error(described(a, name) + " is read-only");
+  if (!aligned(a)) throw dotattn::argument_error(described(a, name) + " must be aligned to its dtype");
+  return static_cast<T*>(a.mutable_data());
 }
 
 dotattn::OutputView output_view(py::array& a, const char* name) {
@@ -82,11 +111,13 @@ dotattn::Options make_options(const std::optional<py::array>& mask, dotattn::Cau
 }
 
 py::tuple attention(const py::array& query, const py::array& key, const py::array& value,
+                    const std::optional<py::array>& key_scale,
+                    const std::optional<py::array>& value_scale,
                     const std::optional<py::array>& mask, dotattn::Causal causal,
                     std::optional<double> scale, std::optional<py::array> out, bool return_lse) {
   const dotattn::TensorView q = input_view(query, "query");
-  const dotattn::TensorView k = input_view(key, "key");
-  const dotattn::TensorView v = input_view(value, "value");
+  const dotattn::TensorView k = stored_view(key, key_scale, "key");
+  const dotattn::TensorView v = stored_view(value, value_scale, "value");
   dotattn::Options options = make_options(mask, causal, scale);
   const dotattn::Dims shape = dotattn::attention_shape(q, k, v, options);
 
@@ -106,10 +137,11 @@ py::tuple attention(const py::array& query, const py::array& key, const py::arra
 }
 
 py::array attention_weights(const py::array& query, const py::array& key,
+                            const std::optional<py::array>& key_scale,
                             const std::optional<py::array>& mask, dotattn::Causal causal,
                             std::optional<double> scale) {
   const dotattn::TensorView q = input_view(query, "query");
-  const dotattn::TensorView k = input_view(key, "key");
+  const dotattn::TensorView k = stored_view(key, key_scale, "key");
   const dotattn::Options options = make_options(mask, causal, scale);
   py::array weights = empty_like_result(query, dotattn::attention_weights_shape(q, k, options));
   const dotattn::OutputView w = output_view(weights, "weights");
@@ -118,6 +150,33 @@ py::array attention_weights(const py::array& query, const py::array& key,
     dotattn::attention_weights(q, k, w, options);
   }
   return weights;
+}
+
+std::int64_t quantization_group(const py::array& data, const py::array& scale) {
+  return dotattn::quantization_group(stored_view(data, scale, "data"));
+}
+
+void quantize_int8(const py::array& x, py::array& data, py::array& scale) {
+  const dotattn::TensorView in = input_view(x, "x");
+  dotattn::QuantizedOutput out;
+  out.data = writable_data<std::int8_t>(data, "out data");
+  out.strides = element_strides(data, "out data");
+  out.scale = writable_data<float>(scale, "out scale");
+  out.scale_shape = shape_of(scale);
+  out.scale_strides = element_strides(scale, "out scale");
+  if (shape_of(data) != in.shape)
+    throw dotattn::argument_error(described(data, "out data") + " does not match " +
+                                  described(x, "x"));
+  py::gil_scoped_release unlocked;
+  dotattn::quantize_int8(in, out);
+}
+
+std::uint64_t stream_read(const py::array& a) {
+  if (!(a.flags() & py::array::c_style))
+    throw dotattn::argument_error(described(a, "a") + " must be C-contiguous");
+  const auto bytes = static_cast<std::size_t>(a.nbytes());
+  py::gil_scoped_release unlocked;
+  return dotattn::stream_read(a.data(), bytes);
 }
 
 py::dict runtime_info() {
@@ -155,11 +214,17 @@ PYBIND11_MODULE(_core, m) {
       .value("lower_right", dotattn::Causal::lower_right);
 
   m.def("attention", &attention, py::arg("query").noconvert(), py::arg("key").noconvert(),
-        py::arg("value").noconvert(), py::arg("attn_mask").noconvert(), py::arg("causal"),
+        py::arg("value").noconvert(), py::arg("key_scale").noconvert(),
+        py::arg("value_scale").noconvert(), py::arg("attn_mask").noconvert(), py::arg("causal"),
         py::arg("scale"), py::arg("out").noconvert(), py::arg("return_lse"));
   m.def("attention_weights", &attention_weights, py::arg("query").noconvert(),
-        py::arg("key").noconvert(), py::arg("attn_mask").noconvert(), py::arg("causal"),
-        py::arg("scale"));
+        py::arg("key").noconvert(), py::arg("key_scale").noconvert(),
+        py::arg("attn_mask").noconvert(), py::arg("causal"), py::arg("scale"));
+  m.def("quantization_group", &quantization_group, py::arg("data").noconvert(),
+        py::arg("scale").noconvert());
+  m.def("quantize_int8", &quantize_int8, py::arg("x").noconvert(), py::arg("data").noconvert(),
+        py::arg("scale").noconvert());
+  m.def("stream_read", &stream_read, py::arg("a").noconvert());
   m.def("get_num_threads", &dotattn::get_num_threads);
   m.def("set_num_threads", &dotattn::set_num_threads, py::arg("n"));
   m.def("supported_isas", &dotattn::supported_isas);

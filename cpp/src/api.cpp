@@ -12,6 +12,9 @@ const char* dtype_name(DType dtype) noexcept {
     case DType::float32: return "float32";
     case DType::float64: return "float64";
     case DType::boolean: return "bool";
+    case DType::float16: return "float16";
+    case DType::bfloat16: return "bfloat16";
+    case DType::int8: return "int8";
   }
   return "unknown";
 }

@@ -29,18 +29,25 @@ struct Tile {
   T* saved;    // acc before the block's P·V step
   T* clean_v;  // the block's values with inf and NaN zeroed: keys x Ev
   T* rows;     // m, l, block max, block sum, alpha: tile_rows each
+  T* wk;       // the block's keys widened (keys x E), if stored in another format
+  T* wv;       // the block's values widened (keys x Ev), likewise
 
   Tile(const Problem& p, const Blocking& blk) {
-    const std::int64_t sizes[] = {p.E * blk.tile_rows, blk.keys * blk.tile_rows,
-                                  blk.tile_rows * p.Ev, blk.tile_rows * p.Ev,
-                                  blk.keys * p.Ev,      5 * blk.tile_rows};
+    const std::int64_t sizes[] = {p.E * blk.tile_rows,
+                                  blk.keys * blk.tile_rows,
+                                  blk.tile_rows * p.Ev,
+                                  blk.tile_rows * p.Ev,
+                                  blk.keys * p.Ev,
+                                  5 * blk.tile_rows,
+                                  widens(p.k_storage, p.dtype) ? blk.keys * p.E : 0,
+                                  widens(p.v_storage, p.dtype) ? blk.keys * p.Ev : 0};
     constexpr std::int64_t line = 64 / sizeof(T);
     std::int64_t total = 0;
     for (const std::int64_t n : sizes) total += round_up(n, line);
     buffer = aligned_array<T>(total);  // moving the Tile keeps these pointers valid
     T* next = buffer.get();
-    T** fields[] = {&q, &st, &acc, &saved, &clean_v, &rows};
-    for (std::size_t i = 0; i < 6; ++i) {
+    T** fields[] = {&q, &st, &acc, &saved, &clean_v, &rows, &wk, &wv};
+    for (std::size_t i = 0; i < 8; ++i) {
       *fields[i] = next;
       next += round_up(sizes[i], line);
     }
@@ -58,8 +65,8 @@ struct Tile {
 template <class T>
 RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
                    const RowBlock& rb, std::int64_t j_begin, std::int64_t j_end, Tile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb, t.q, blk.tile_rows);
-  const T* v = operand_rows<T>(p, p.v, rb.b, rb.hk, 0);
+  const MaskedScores<T> scores(p, kern, rb, t.q, blk.tile_rows, t.wk);
+  const OperandRows<T> values(p, p.v, p.v_storage, rb.b, rb.hk, p.Ev, kern);
   const std::int64_t rows = rb.tile_rows();
   const RowState<T> s = t.state(blk.tile_rows);
   std::fill(s.m, s.m + blk.tile_rows, kNegInf<T>);
@@ -71,8 +78,9 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
     const std::int64_t keys = std::min(blk.keys, end - j0);
     scores.compute(j0, keys, t.st);
     const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
-    accumulate_values(kern, t.st, blk.tile_rows, rows, keys, v + j0 * p.v.row, p.v.row, p.Ev,
-                      smallest, s.acc, t.saved, t.clean_v);
+    const auto v = values.block(j0, keys, t.wv);
+    accumulate_values(kern, t.st, blk.tile_rows, rows, keys, v.data, v.stride, p.Ev, smallest, s.acc,
+                      t.saved, t.clean_v);
   }
   return s;
 }

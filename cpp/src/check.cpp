@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "operand_rows.hpp"
 #include "problem.hpp"
 
 namespace dotattn::detail {
@@ -24,14 +25,7 @@ std::string described(const char* name, const Dims& shape) {
   return std::string(name) + " " + format_shape(shape);
 }
 
-std::size_t itemsize(DType dtype) {
-  switch (dtype) {
-    case DType::float32: return 4;
-    case DType::float64: return 8;
-    case DType::boolean: return 1;
-  }
-  return 1;
-}
+std::size_t itemsize(DType dtype) { return static_cast<std::size_t>(stored_size(dtype)); }
 
 std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* name, const Dims& shape) {
   std::int64_t r = 0;
@@ -71,6 +65,28 @@ void check_float_dtype(const char* name, DType dtype) {
   if (dtype != DType::float32 && dtype != DType::float64)
     throw dtype_error(std::string(name) + " has dtype " + dtype_name(dtype) +
                       "; expected float32 or float64");
+}
+
+// A key or value's dtype against the query's: a float64 query reads
+// float64 ones; a float32 query float32, float16, bfloat16 or int8 ones,
+// each its own.
+void check_kv_dtype(const char* name, const TensorView& t, DType query) {
+  if (t.dtype == DType::boolean)
+    throw dtype_error(std::string(name) + " has dtype bool; expected float32, float16, bfloat16, "
+                      "int8 (with its scales) or float64");
+  if (query == DType::float64 && t.dtype != DType::float64)
+    throw dtype_error(std::string(name) + " has dtype " + dtype_name(t.dtype) +
+                      " but query is float64, which needs float64 key and value (float16, "
+                      "bfloat16 and int8 key/value need a float32 query)");
+  if (query == DType::float32 && t.dtype == DType::float64)
+    throw dtype_error(std::string(name) + " has dtype float64 but query is float32, which reads "
+                      "float32, float16, bfloat16 or int8 key and value");
+  if (t.dtype == DType::int8 && !t.scale)
+    throw dtype_error(std::string(name) + " is int8 without its scales; pass the int8 data with "
+                      "its float32 scales (dotattn::quantized_view, dotattn.QuantizedKV)");
+  if (t.dtype != DType::int8 && t.scale)
+    throw argument_error(std::string(name) + " has scales but dtype " + dtype_name(t.dtype) +
+                         "; only an int8 key or value carries them");
 }
 
 // The byte range [lo, hi) a view can touch; empty (lo == hi) if it has no
@@ -122,6 +138,42 @@ Layout layout_of(const void* data, const Dims& strides, std::size_t batch_dims) 
   return l;
 }
 
+// The group of an int8 view's scales, once they are checked to fit its
+// data: data (..., E), scale (..., E / group), unit stride in both last dims.
+std::int64_t checked_group(const char* data_name, const char* scale_name, const TensorView& t) {
+  const ScaleView& sc = *t.scale;
+  const TensorView scale{sc.data, DType::float32, sc.shape, sc.strides, std::nullopt};
+  check_view(scale_name, scale);
+  const std::size_t nd = t.shape.size();
+  const std::int64_t E = nd ? t.shape.back() : 0;
+  const auto mismatch = [&](const std::string& why) {
+    return argument_error(described(scale_name, sc.shape) + " does not fit " +
+                          described(data_name, t.shape) + ": " + why);
+  };
+  if (sc.shape.size() != nd || nd == 0)
+    throw mismatch("expected the same number of dims, at least 1");
+  for (std::size_t d = 0; d + 1 < nd; ++d)
+    if (sc.shape[d] != t.shape[d])
+      throw mismatch("expected the same shape but the last dim, one scale per group of elements");
+  const std::int64_t groups = sc.shape.back();
+  if (E == 0 ? groups != 0 : groups == 0 || E % groups != 0)
+    throw mismatch("its last dim (" + std::to_string(groups) + " groups) must divide E=" +
+                   std::to_string(E) + " (group = E / groups)");
+  check_unit_inner_stride(scale_name, scale);
+  return E == 0 ? 1 : E / groups;
+}
+
+// How key or value is stored; float32 and float64 are read as they are.
+Storage storage_of(const char* name, const char* scale_name, const TensorView& t,
+                   std::size_t batch_dims) {
+  Storage s;
+  s.dtype = t.dtype;
+  if (t.dtype != DType::int8) return s;
+  s.group = checked_group(name, scale_name, t);
+  s.scale = layout_of(t.scale->data, t.scale->strides, batch_dims);
+  return s;
+}
+
 // query/key/value sizes and layouts; value is null for attention_weights.
 Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v) {
   const std::string_view operands = v ? "query, key and value" : "query and key";
@@ -129,11 +181,8 @@ Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v)
   check_view("key", k);
   if (v) check_view("value", *v);
   check_float_dtype("query", q.dtype);
-  check_float_dtype("key", k.dtype);
-  if (v) check_float_dtype("value", v->dtype);
-  if (k.dtype != q.dtype || (v && v->dtype != q.dtype))
-    throw dtype_error(std::string(operands) + " must have one dtype; got " + dtype_name(q.dtype) + ", " +
-                      dtype_name(k.dtype) + (v ? std::string(", ") + dtype_name(v->dtype) : ""));
+  check_kv_dtype("key", k, q.dtype);
+  if (v) check_kv_dtype("value", *v, q.dtype);
 
   // Built only for a message: formatting costs more than a small call.
   const auto shapes = [&] {
@@ -184,7 +233,11 @@ Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v)
   if (v) check_unit_inner_stride("value", *v);
   p.q = layout_of(q.data, q.strides, batch_dims);
   p.k = layout_of(k.data, k.strides, batch_dims);
-  if (v) p.v = layout_of(v->data, v->strides, batch_dims);
+  p.k_storage = storage_of("key", "key scale", k, batch_dims);
+  if (v) {
+    p.v = layout_of(v->data, v->strides, batch_dims);
+    p.v_storage = storage_of("value", "value scale", *v, batch_dims);
+  }
   return p;
 }
 
@@ -281,11 +334,54 @@ void check_no_overlap(const char* name, const Extent& written, const TensorView&
   };
   refuse_if("query", extent_of("query", q));
   refuse_if("key", extent_of("key", k));
+  if (k.scale) refuse_if("key's scales", extent_of("key scale", k.scale->data, DType::float32,
+                                                   k.scale->shape, k.scale->strides));
   if (v) refuse_if("value", extent_of("value", *v));
+  if (v && v->scale)
+    refuse_if("value's scales", extent_of("value scale", v->scale->data, DType::float32,
+                                          v->scale->shape, v->scale->strides));
   if (options.mask) refuse_if("attn_mask", extent_of("attn_mask", *options.mask));
 }
 
 }  // namespace
+
+std::int64_t checked_quantized(const TensorView& t) {
+  check_view("data", t);
+  if (t.dtype != DType::int8 || !t.scale)
+    throw dtype_error(std::string("data has dtype ") + dtype_name(t.dtype) +
+                      (t.scale ? "" : " and no scales") + "; a quantized view is int8 with scales");
+  check_unit_inner_stride("data", t);
+  return checked_group("data", "scale", t);
+}
+
+QuantizePlan check_quantize(const TensorView& x, const QuantizedOutput& out) {
+  check_view("x", x);
+  if (x.dtype != DType::float32 && x.dtype != DType::float16 && x.dtype != DType::bfloat16)
+    throw dtype_error(std::string("x has dtype ") + dtype_name(x.dtype) +
+                      "; expected float32, float16 or bfloat16");
+  if (x.scale) throw argument_error("x has scales; quantize a float32, float16 or bfloat16 tensor");
+  if (x.shape.empty()) throw argument_error("x must have at least 1 dim (..., E); got a scalar");
+  check_unit_inner_stride("x", x);
+  const TensorView data{out.data, DType::int8, x.shape, out.strides,
+                        ScaleView{out.scale, out.scale_shape, out.scale_strides}};
+  check_view("out data", data);
+  check_unit_inner_stride("out data", data);
+  QuantizePlan plan;
+  plan.group = checked_group("out data", "out scale", data);
+
+  // x must be finite: a scale computed from inf or NaN quantises nothing.
+  const Extent written = extent_of("out data", data);
+  const Extent scales = extent_of("out scale", out.scale, DType::float32, out.scale_shape,
+                                  out.scale_strides);
+  const Extent read = extent_of("x", x);
+  if (written.overlaps(read) || scales.overlaps(read))
+    throw argument_error("out overlaps x; an output must not share memory with an input");
+  if (written.overlaps(scales))
+    throw argument_error("out's data overlaps its scales; they must not share memory");
+  plan.rows = element_count("x", x.shape) / std::max<std::int64_t>(x.shape.back(), 1);
+  if (x.shape.back() == 0) plan.rows = 0;
+  return plan;
+}
 
 Problem check_attention(const TensorView& query, const TensorView& key, const TensorView& value,
                         const OutputView* out, const Options& options) {

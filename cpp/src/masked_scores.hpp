@@ -8,6 +8,7 @@
 
 #include "kernels/kernels.hpp"
 #include "mask.hpp"
+#include "operand_rows.hpp"
 #include "problem.hpp"
 #include "tiling.hpp"
 
@@ -16,16 +17,18 @@ namespace dotattn::detail {
 template <class T>
 class MaskedScores {
  public:
-  // q: scratch of E x tile_rows for the packed queries.
+  // q: scratch of E x tile_rows for the packed queries; widened_k: of
+  // keys x E for a block of keys stored in another format.
   MaskedScores(const Problem& p, const kernels::BlockKernels<T>& kern, const RowBlock& rb, T* q,
-               std::int64_t tile_rows)
+               std::int64_t tile_rows, T* widened_k)
       : p_(p),
         kern_(kern),
         rb_(rb),
         q_(q),
         tile_rows_(tile_rows),
         by_rows_(rb.tile_rows() <= kern.dot_rows),
-        k_(operand_rows<T>(p, p.k, rb.b, rb.hk, 0)),
+        keys_(p, p.k, p.k_storage, rb.b, rb.hk, p.E, kern),
+        widened_k_(widened_k),
         causal_(causal_limit(p.causal, p.L, p.S)),
         scale_(static_cast<T>(p.scale)) {
     pack_queries();
@@ -41,11 +44,12 @@ class MaskedScores {
   // [j0, j0 + keys): the scaled scores with the mask and the causal rule
   // applied.
   void compute(std::int64_t j0, std::int64_t keys, T* st) const {
-    const T* k = k_ + j0 * p_.k.row;
+    const auto k = keys_.block(j0, keys, widened_k_);
     if (by_rows_)
-      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k, p_.k.row, keys, p_.E, scale_, st, tile_rows_);
+      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, keys, p_.E, scale_, st, tile_rows_);
     else
-      kern_.score_tile(q_, tile_rows_, tile_rows_, k, p_.k.row, keys, p_.E, scale_, st, tile_rows_);
+      kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,
+                       tile_rows_);
     const TileStrides ts{1, tile_rows_};
     const bool crosses_diagonal = causal_.active && j0 + keys > visible_keys(0);
     for (std::int64_t g = 0; g < rb_.heads; ++g) {
@@ -76,7 +80,8 @@ class MaskedScores {
   T* q_;
   std::int64_t tile_rows_;
   bool by_rows_;  // few rows: score_rows, else score_tile
-  const T* k_;
+  OperandRows<T> keys_;
+  T* widened_k_;
   CausalLimit causal_;
   T scale_;
 };

@@ -17,14 +17,23 @@ struct Layout {
   std::int64_t col = 1;
 };
 
+// How a key or value operand is stored: its dtype and, for int8, where its
+// scales are (one per `group` elements of a row, laid out like the rows).
+struct Storage {
+  DType dtype = DType::float32;
+  Layout scale;
+  std::int64_t group = 0;
+};
+
 enum class MaskKind { none, boolean, additive };
 
 struct Problem {
-  DType dtype = DType::float32;
+  DType dtype = DType::float32;  // the query's, the results' and an additive mask's
   Dims batch_shape;
   std::int64_t batch = 1;  // product of batch_shape
   std::int64_t Hq = 1, Hkv = 1, L = 0, S = 0, E = 0, Ev = 0;
   Layout q, k, v;
+  Storage k_storage, v_storage;  // dtype float32 or float64: k and v are read as they are
   MaskKind mask_kind = MaskKind::none;
   Layout mask;  // expanded to (batch..., Hq, L, S); broadcast dims have stride 0
   Causal causal = Causal::none;
@@ -53,6 +62,16 @@ Problem check_attention(const TensorView& query, const TensorView& key, const Te
                         const OutputView* out, const Options& options);
 Problem check_weights(const TensorView& query, const TensorView& key, const OutputView* weights,
                       const Options& options);
+
+// The group of a quantized view (int8 data with scales that fit it).
+std::int64_t checked_quantized(const TensorView& t);
+
+// quantize_int8's arguments, checked: `rows` rows of E elements, in groups.
+struct QuantizePlan {
+  std::int64_t rows = 0;
+  std::int64_t group = 1;
+};
+QuantizePlan check_quantize(const TensorView& x, const QuantizedOutput& out);
 
 // query's shape with its last dim (E) replaced: by Ev for the attention
 // result, by S for the weights.

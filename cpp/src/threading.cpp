@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 #if defined(_OPENMP) && defined(__unix__)
@@ -49,6 +50,23 @@ int get_num_threads() {
 void set_num_threads(int n) {
   if (n < 1) throw argument_error("set_num_threads: n must be at least 1, got " + std::to_string(n));
   g_num_threads.store(n, std::memory_order_relaxed);
+}
+
+std::uint64_t stream_read(const void* data, std::size_t bytes) {
+  // Whole 64-byte lines per work item, in 1 MiB chunks dealt out in order.
+  constexpr std::size_t kChunk = std::size_t(1) << 20;
+  const auto* words = static_cast<const std::uint64_t*>(data);
+  const std::size_t count = bytes / sizeof(std::uint64_t);
+  const std::int64_t chunks = static_cast<std::int64_t>((count * 8 + kChunk - 1) / kChunk);
+  std::atomic<std::uint64_t> total{0};
+  detail::parallel_for(chunks, detail::threads_for(chunks), [&](int, std::int64_t c) {
+    const std::size_t begin = static_cast<std::size_t>(c) * (kChunk / 8);
+    const std::size_t end = std::min(count, begin + kChunk / 8);
+    std::uint64_t sum = 0;
+    for (std::size_t i = begin; i < end; ++i) sum += words[i];
+    total.fetch_add(sum, std::memory_order_relaxed);
+  });
+  return total.load();
 }
 
 namespace detail {

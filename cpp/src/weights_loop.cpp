@@ -17,16 +17,18 @@ namespace {
 
 template <class T>
 struct WeightsTile {
-  AlignedArray<T> q, st;
+  AlignedArray<T> q, st, wk;  // wk: a block of keys widened, if stored in another format
 
   WeightsTile(const Problem& p, const Blocking& blk)
-      : q(aligned_array<T>(p.E * blk.tile_rows)), st(aligned_array<T>(blk.keys * blk.tile_rows)) {}
+      : q(aligned_array<T>(p.E * blk.tile_rows)),
+        st(aligned_array<T>(blk.keys * blk.tile_rows)),
+        wk(aligned_array<T>(widens(p.k_storage, p.dtype) ? blk.keys * p.E : 0)) {}
 };
 
 template <class T>
 void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
                      const Blocking& blk, const RowBlock& rb, WeightsTile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb, t.q.get(), blk.tile_rows);
+  const MaskedScores<T> scores(p, kern, rb, t.q.get(), blk.tile_rows, t.wk.get());
   T* w = static_cast<T*>(p.out) + rb.result_offset(p, 0, p.S);
 
   const std::int64_t kv_end = scores.key_end();

@@ -209,12 +209,12 @@ TEST(errors, masks) {
   }
   {
     Args a;
-    a.options.mask = dotattn::TensorView{nullptr, dotattn::DType::boolean, {L, S}, {S, 1}};
+    a.options.mask = dotattn::TensorView{nullptr, dotattn::DType::boolean, {L, S}, {S, 1}, std::nullopt};
     refused<argument_error>(a, {"attn_mask has a null data pointer"});
   }
   {
     Args a;
-    a.options.mask = dotattn::TensorView{bools.get(), dotattn::DType::boolean, {L, S}, {S, 1, 1}};
+    a.options.mask = dotattn::TensorView{bools.get(), dotattn::DType::boolean, {L, S}, {S, 1, 1}, std::nullopt};
     refused<argument_error>(a, {"attn_mask (5, 6) has 2 dims but 3 strides"});
   }
 }

@@ -19,13 +19,16 @@ from ._api import (
     supported_isas,
 )
 from ._core import __version__
+from ._quantized import QuantizedKV, quantize_kv
 
 __all__ = [
+    "QuantizedKV",
     "__version__",
     "attention",
     "attention_weights",
     "get_isa",
     "get_num_threads",
+    "quantize_kv",
     "reference",
     "set_isa",
     "set_num_threads",

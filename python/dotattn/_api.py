@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from . import _core
+from ._quantized import QuantizedKV
 
 if TYPE_CHECKING:  # names for the annotations only; nothing here exists at run time
     from typing import TypeVar, Union
@@ -44,16 +45,31 @@ def _needs_copy(a: NDArray[Any], *, unit_last_stride: bool) -> bool:
     return unit_last_stride and a.ndim > 0 and a.size > 0 and a.shape[-1] > 1 and a.strides[-1] != a.itemsize
 
 
-def _readable(x: Any, name: str, *, is_mask: bool = False) -> NDArray[Any]:
-    """`x` as an array the core reads in place; copied once only when it must be."""
+_KV_DTYPES = "float32, float16, bfloat16 (ml_dtypes), int8 (dotattn.QuantizedKV) or float64"
+
+
+def _readable(x: Any, name: str, *, is_mask: bool = False, stored: bool = False) -> NDArray[Any]:
+    """`x` as an array the core reads in place; copied once only when it must
+    be. stored: key or value, which may also be float16, bfloat16 or, as a
+    QuantizedKV's data, int8."""
     a = np.asarray(x)
     is_float = a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)
-    if not (is_float or (is_mask and a.dtype.kind == "b")):
-        expected = "bool or the inputs' float dtype" if is_mask else "float32 or float64"
+    is_16_bit = a.dtype.name in ("float16", "bfloat16")
+    if not (is_float or (is_mask and a.dtype.kind == "b") or (stored and is_16_bit)):
+        if stored and a.dtype == np.int8:
+            raise TypeError(f"{name} has dtype int8 without its scales; pass dotattn.QuantizedKV(data, scale)")
+        expected = "bool or the inputs' float dtype" if is_mask else _KV_DTYPES if stored else "float32 or float64"
         raise TypeError(f"{name} has dtype {a.dtype}; expected {expected}")
     if _needs_copy(a, unit_last_stride=not is_mask):
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
     return a
+
+
+def _stored(x: Any, name: str) -> tuple[NDArray[Any], NDArray[Any] | None]:
+    """key or value as the core takes it: the array, and an int8 one's scales."""
+    if isinstance(x, QuantizedKV):
+        return x.data, x.scale  # checked, and read in place, when the QuantizedKV was made
+    return _readable(x, name, stored=True), None
 
 
 def _causal(is_causal: Any) -> _core.Causal:
@@ -157,12 +173,18 @@ def attention(
     Parameters
     ----------
     query : array_like, shape (..., Hq, L, E) or (L, E)
-    key : array_like, shape (..., Hkv, S, E) or (S, E)
-    value : array_like, shape (..., Hkv, S, Ev) or (S, Ev)
-        float32 or float64, one dtype for all three. The leading batch dims
-        ``...`` are equal. Hq must be a multiple of Hkv: query head ``h``
-        reads key/value head ``h // (Hq // Hkv)`` (grouped-query and
-        multi-query attention), without copying key or value.
+        float32 or float64.
+    key : array_like or QuantizedKV, shape (..., Hkv, S, E) or (S, E)
+    value : array_like or QuantizedKV, shape (..., Hkv, S, Ev) or (S, Ev)
+        As stored: with a float32 query, each of key and value may be
+        float32, float16, bfloat16 (``ml_dtypes.bfloat16``) or int8 with
+        its scales (:class:`QuantizedKV`, :func:`quantize_kv`), each its own
+        format, widened to float32 block by block inside the kernels (never
+        copied whole). A float64 query takes float64 key and value. The
+        leading batch dims ``...`` are equal. Hq must be a multiple of Hkv:
+        query head ``h`` reads key/value head ``h // (Hq // Hkv)``
+        (grouped-query and multi-query attention), without copying key or
+        value.
     attn_mask : array_like, optional
         Broadcastable to (..., Hq, L, S). Boolean: True means the query may
         attend to the key. Float (the inputs' dtype): added to the scores,
@@ -189,7 +211,8 @@ def attention(
 
     Notes
     -----
-    float32 computes in float32 with a max-subtracted online softmax that
+    A float32 query computes in float32 (whatever key and value are stored
+    as) with a max-subtracted online softmax that
     never forms the L x S score matrix; float64 in float64. Inputs whose last
     dim has unit stride are read in place whatever their other strides (e.g.
     ``x.transpose(0, 2, 1, 3)``); other layouts (a strided last dim,
@@ -197,10 +220,14 @@ def attention(
     released while computing. Bad arguments raise ValueError or TypeError
     naming the argument and shapes, and leave ``out`` untouched.
     """
+    k, k_scale = _stored(key, "key")
+    v, v_scale = _stored(value, "value")
     result, lse = _core.attention(
         _readable(query, "query"),
-        _readable(key, "key"),
-        _readable(value, "value"),
+        k,
+        v,
+        k_scale,
+        v_scale,
         None if attn_mask is None else _readable(attn_mask, "attn_mask", is_mask=True),
         _causal(is_causal),
         _scale(scale),
@@ -247,9 +274,11 @@ def attention_weights(
     ``attention(q, k, v)`` equals ``attention_weights(q, k) @ v`` up to
     rounding, for any masks.
     """
+    k, k_scale = _stored(key, "key")
     return _core.attention_weights(
         _readable(query, "query"),
-        _readable(key, "key"),
+        k,
+        k_scale,
         None if attn_mask is None else _readable(attn_mask, "attn_mask", is_mask=True),
         _causal(is_causal),
         _scale(scale),

@@ -19,6 +19,11 @@ The rules it defines, step by step, for each query row:
    value of a key a row does not see never reaches it, even if it is NaN or
    inf (so garbage in masked-out KV-cache slots stays out of the output).
 
+Key and value are taken as stored: float16 and bfloat16 widen exactly to
+float64, and an int8 :class:`dotattn.QuantizedKV` stands for data * scale
+(computed in float64, so exactly). :func:`quantize_int8` defines the int8
+quantisation that :func:`dotattn.quantize_kv` computes.
+
 This module also holds the accuracy the kernels are held to against it.
 """
 
@@ -29,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["attention", "attention_weights", "TOLERANCES", "errors"]
+__all__ = ["attention", "attention_weights", "quantize_int8", "stored_values", "TOLERANCES", "errors"]
 
 # How close dotattn must come to this reference, per input dtype: the
 # normwise relative error ||out - ref|| / ||ref||, and the largest elementwise
@@ -70,7 +75,7 @@ def attention(
 ) -> Any:
     """Reference for :func:`dotattn.attention`, in float64."""
     weights, lse = _softmax(query, key, attn_mask, is_causal, scale)
-    v = _per_query_head(np.asarray(value, dtype=np.float64), weights)
+    v = _per_query_head(stored_values(value), weights)
     result = _weighted_sum(weights, v)
     if out is not None:
         out[...] = result
@@ -95,7 +100,7 @@ def _softmax(
     query: Any, key: Any, attn_mask: Any, is_causal: Any, scale: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(query, dtype=np.float64)
-    k = _per_query_head(np.asarray(key, dtype=np.float64), q)
+    k = _per_query_head(stored_values(key), q)
     L, E = q.shape[-2:]
     S = k.shape[-2]
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
@@ -118,6 +123,31 @@ def _softmax(
         weights = np.where(sees_a_key, p / total, 0.0)
         lse = np.where(sees_a_key, m + np.log(total), -np.inf)[..., 0]
     return weights, lse
+
+
+def stored_values(x: Any) -> np.ndarray:
+    """The values a key or value holds, in float64: an int8 QuantizedKV's
+    data * scale exactly, any other array widened."""
+    if hasattr(x, "scale") and hasattr(x, "group"):  # a dotattn.QuantizedKV
+        data = np.asarray(x.data, dtype=np.float64)
+        scale = np.asarray(x.scale, dtype=np.float64)
+        return data * (np.repeat(scale, x.group, axis=-1) if data.shape[-1] else scale)
+    return np.asarray(x, dtype=np.float64)
+
+
+def quantize_int8(x: Any, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 quantisation of dotattn.quantize_kv, step by step in float32:
+    scale = max|x| / 127 over each group of `group` consecutive elements of
+    the last dim (0 for a zero group), data = x / scale rounded half to
+    even, within [-127, 127] (0 where the scale is 0). Returns (data, scale)."""
+    x = np.asarray(x).astype(np.float32)
+    E = x.shape[-1]
+    groups = x.reshape(*x.shape[:-1], E // group, group)
+    scale = np.abs(groups).max(axis=-1, initial=np.float32(0)) / np.float32(127)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.rint(groups / scale[..., None])
+    q = np.where(scale[..., None] > 0, np.clip(q, -127, 127), 0)
+    return q.astype(np.int8).reshape(x.shape), scale.astype(np.float32)
 
 
 def _weighted_sum(weights: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@
 // shape, strides in elements); nothing here includes Python.
 //
 // Shapes: query (..., Hq, L, E), key (..., Hkv, S, E), value (..., Hkv, S, Ev)
+// (key and value as stored: float32, float16, bfloat16 or int8 with scales,
+// each its own, for a float32 query; float64 for a float64 query)
 // with equal leading batch dims; or the single-head 2-D case (L, E), (S, E),
 // (S, Ev). Hq must be a multiple of Hkv: query head h reads key/value head
 // h / (Hq / Hkv). The result has shape (..., Hq, L, Ev).
@@ -21,25 +23,49 @@
 
 namespace dotattn {
 
-enum class DType { float32, float64, boolean };
+// float16 (IEEE binary16), bfloat16 and int8 are storage formats of key and
+// value (the KV cache); the query and the results are float32 or float64.
+enum class DType { float32, float64, boolean, float16, bfloat16, int8 };
 
 const char* dtype_name(DType dtype) noexcept;
+
+// 16-bit floats as stored: the bits, for views of a buffer that holds them.
+struct float16_t {
+  std::uint16_t bits;
+};
+struct bfloat16_t {
+  std::uint16_t bits;
+};
 
 template <class T> struct dtype_of;
 template <> struct dtype_of<float> { static constexpr DType value = DType::float32; };
 template <> struct dtype_of<double> { static constexpr DType value = DType::float64; };
 template <> struct dtype_of<bool> { static constexpr DType value = DType::boolean; };
+template <> struct dtype_of<float16_t> { static constexpr DType value = DType::float16; };
+template <> struct dtype_of<bfloat16_t> { static constexpr DType value = DType::bfloat16; };
+template <> struct dtype_of<std::int8_t> { static constexpr DType value = DType::int8; };
 
 using Dims = std::vector<std::int64_t>;
 
+// The dequantisation scales of an int8 tensor of shape (..., S, E): float32,
+// shape (..., S, E / group), one per group of `group` consecutive elements
+// of a row; element e of a row stands for data[e] * scale[e / group].
+struct ScaleView {
+  const float* data = nullptr;
+  Dims shape;
+  Dims strides;
+};
+
 // A read-only view of an input. Strides are in elements and may be zero
 // (broadcast) or negative. query, key and value need unit stride in their
-// last dim; a mask may have any strides.
+// last dim; a mask may have any strides. An int8 key or value carries its
+// scales (quantized_view); no other dtype has them.
 struct TensorView {
   const void* data = nullptr;
   DType dtype = DType::float32;
   Dims shape;
   Dims strides;
+  std::optional<ScaleView> scale;
 };
 
 // A writable, C-contiguous output buffer.
@@ -55,13 +81,41 @@ Dims contiguous_strides(const Dims& shape);
 template <class T>
 TensorView view(const T* data, Dims shape, Dims strides = {}) {
   if (strides.empty()) strides = contiguous_strides(shape);
-  return TensorView{data, dtype_of<T>::value, std::move(shape), std::move(strides)};
+  return TensorView{data, dtype_of<T>::value, std::move(shape), std::move(strides), std::nullopt};
 }
 
 template <class T>
 OutputView output(T* data, Dims shape) {
   return OutputView{data, dtype_of<T>::value, std::move(shape)};
 }
+
+// An int8 key or value with its scales: data (..., S, E), scale
+// (..., S, E / group) with group dividing E, both with unit stride in their
+// last dim (other strides free: a slice of a preallocated cache). Throws
+// argument_error where the shapes do not fit together.
+TensorView quantized_view(const std::int8_t* data, Dims shape, Dims strides, const float* scale,
+                          Dims scale_shape, Dims scale_strides = {});
+
+// The group of an int8 view: E / scale.shape.back() (E when E is 0).
+std::int64_t quantization_group(const TensorView& quantized);
+
+// Where quantize_int8 writes: int8 data of x's shape and its scales, each
+// with any strides but unit stride in the last dim.
+struct QuantizedOutput {
+  std::int8_t* data = nullptr;
+  Dims strides;
+  float* scale = nullptr;
+  Dims scale_shape;  // x's shape with the last dim E / group
+  Dims scale_strides;
+};
+
+// Symmetric int8 quantisation of x (float32, float16 or bfloat16, shape
+// (..., E), unit stride in the last dim) by groups of E / scale_shape.back()
+// consecutive elements: scale = max|x| / 127 over the group (in float32; 0
+// for a zero group), data = x / scale rounded half to even, within
+// [-127, 127]. Throws argument_error for a non-finite x, a group that does
+// not divide E, or outputs that do not fit, before anything is written.
+void quantize_int8(const TensorView& x, const QuantizedOutput& out);
 
 // Which keys a query row may see besides the mask.
 //   upper_left:  query i sees keys j <= i            (PyTorch's is_causal)
@@ -121,7 +175,7 @@ int get_num_threads();
 void set_num_threads(int n);
 
 // The SIMD kernel sets ("ISAs"): "avx512" (AVX-512 F/BW/DQ/VL), "avx2"
-// (AVX2 + FMA) and the portable "scalar". One build carries all of them;
+// (AVX2 + FMA + F16C) and the portable "scalar". One build carries all of them;
 // the best one this CPU and OS support is chosen at first use, unless the
 // environment variable DOTATTN_ISA names another.
 //
@@ -132,6 +186,12 @@ void set_num_threads(int n);
 std::vector<std::string> supported_isas();
 std::string get_isa();
 void set_isa(const std::string& name);
+
+// For benchmarks: reads the bytes [data, data + bytes) once, split over
+// get_num_threads() threads, the way a decode call streams its KV cache;
+// the time it takes gives the read bandwidth to compare that call with.
+// Returns a checksum so the reads cannot be left out.
+std::uint64_t stream_read(const void* data, std::size_t bytes);
 
 // What show_config() reports.
 struct RuntimeInfo {

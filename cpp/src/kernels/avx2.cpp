@@ -1,4 +1,5 @@
-// The AVX2 + FMA kernels; this file alone is compiled with -mavx2 -mfma.
+// The AVX2 + FMA + F16C kernels; this file alone is compiled with
+// -mavx2 -mfma -mf16c.
 #include "kernels/block_kernels.hpp"
 #include "kernels/isa_tables.hpp"
 #include "kernels/vec_avx2.hpp"

@@ -43,6 +43,10 @@ inline void with_count(std::int64_t n, const F& f) {
 // with 8 or 16 ahead (a plain streaming read: 12 GB/s).
 constexpr std::int64_t kKeysAhead = 12, kValuesAhead = 16;
 
+// How many rows ahead the widen step prefetches the float16, bfloat16 and
+// int8 rows it converts.
+constexpr std::int64_t kWidenAhead = 16;
+
 // exp_sum adds a row's weights in chunks of this many keys, then the chunk
 // sums: the rounding error grows as (kSumChunk + keys / kSumChunk) ulps
 // rather than keys ulps.
@@ -309,9 +313,68 @@ struct BlockKernelsFor {
     }
   }
 
+  // N elements of a stored row widened, of which the first `lanes` exist:
+  // a partial vector goes through a zero-filled copy, so nothing past the
+  // row is read.
+  template <class Stored, class Widen>
+  static R widened(const Stored* p, std::int64_t lanes, const Widen& widen) {
+    if (lanes == N) return widen(p);
+    Stored part[N] = {};
+    for (std::int64_t i = 0; i < lanes; ++i) part[i] = p[i];
+    return widen(part);
+  }
+
+  // The scales of elements [c, c + lanes) of an int8 row. One broadcast
+  // when a group spans whole vectors (group 32, or group E with N | E).
+  static R scales_at(const float* scale, std::int64_t c, std::int64_t lanes, std::int64_t group) {
+    if (group % N == 0) return V::set1(scale[c / group]);
+    T part[N] = {};
+    for (std::int64_t i = 0; i < lanes; ++i) part[i] = scale[(c + i) / group];
+    return V::load(part);
+  }
+
+  // dst row r = convert(row r of src, column c, lanes) for every vector of
+  // columns, prefetching kWidenAhead rows ahead (bytes per element: Size).
+  template <int Size, class Convert>
+  static void widen_rows(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst,
+                         const Convert& convert) {
+    const auto* base = static_cast<const char*>(src.data);
+    const std::int64_t row_bytes = src.stride * Size;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const char* ahead = base + (r + kWidenAhead) * row_bytes;
+      for (std::int64_t b = 0; b < cols * Size; b += 64) __builtin_prefetch(ahead + b, 0, 3);
+      if (src.scale) __builtin_prefetch(src.scale + (r + kWidenAhead) * src.scale_stride, 0, 3);
+      T* out = dst + r * cols;
+      std::int64_t c = 0;
+      for (; c + N <= cols; c += N) V::store(out + c, convert(r, c, N));
+      if (c < cols) V::store_partial(out + c, convert(r, c, cols - c), cols - c);
+    }
+  }
+
+  static void widen(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst) {
+    if (src.dtype == DType::int8) {
+      const auto* data = static_cast<const std::int8_t*>(src.data);
+      return widen_rows<1>(src, rows, cols, dst, [&](std::int64_t r, std::int64_t c, std::int64_t n) {
+        const R x = widened(data + r * src.stride + c, n, [](const std::int8_t* p) { return V::from_i8(p); });
+        return V::mul(x, scales_at(src.scale + r * src.scale_stride, c, n, src.group));
+      });
+    }
+    const auto* data = static_cast<const std::uint16_t*>(src.data);
+    if (src.dtype == DType::bfloat16)
+      return widen_rows<2>(src, rows, cols, dst, [&](std::int64_t r, std::int64_t c, std::int64_t n) {
+        return widened(data + r * src.stride + c, n, [](const std::uint16_t* p) { return V::from_bf16(p); });
+      });
+    widen_rows<2>(src, rows, cols, dst, [&](std::int64_t r, std::int64_t c, std::int64_t n) {
+      return widened(data + r * src.stride + c, n, [](const std::uint16_t* p) { return V::from_f16(p); });
+    });
+  }
+
   static constexpr BlockKernels<T> table(const char* name) {
-    return {name,       N,       &score_tile,  N / 2,         &score_rows,
-            &block_max, &exp_sum, &scale_rows, &pv_accumulate};
+    using Widen = void (*)(const StoredRows&, std::int64_t, std::int64_t, T*);
+    Widen widen_step = nullptr;
+    if constexpr (std::is_same_v<T, float>) widen_step = &widen;
+    return {name,        N,           &score_tile, N / 2,          &score_rows, &block_max,
+            &exp_sum,    &scale_rows, &pv_accumulate, widen_step};
   }
 };
 

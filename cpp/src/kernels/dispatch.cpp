@@ -27,7 +27,7 @@ const Isa kIsas[] = {
        return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.fma;
      },
      &avx512_f32},
-    {"avx2", [](const detail::CpuFeatures& f) { return f.avx2 && f.fma; }, &avx2_f32},
+    {"avx2", [](const detail::CpuFeatures& f) { return f.avx2 && f.fma && f.f16c; }, &avx2_f32},
     {"scalar", [](const detail::CpuFeatures&) { return true; }, &scalar_f32},
 };
 

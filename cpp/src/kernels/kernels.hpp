@@ -16,7 +16,21 @@
 
 #include <cstdint>
 
+#include "dotattn/dotattn.hpp"
+
 namespace dotattn::kernels {
+
+// Rows of a key or value operand stored as float16, bfloat16 or int8, for
+// the widen step. Strides are in elements of the row's and the scales' own
+// types.
+struct StoredRows {
+  DType dtype = DType::float16;
+  const void* data = nullptr;  // row 0
+  std::int64_t stride = 0;
+  const float* scale = nullptr;  // int8: the scales of row 0
+  std::int64_t scale_stride = 0;
+  std::int64_t group = 0;
+};
 
 template <class T>
 struct BlockKernels {
@@ -56,6 +70,13 @@ struct BlockKernels {
   void (*pv_accumulate)(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
                         const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
                         std::int64_t acc_ld);
+
+  // The load-and-widen step of a K/V format other than T (float32 tables
+  // only; null for float64): dst[r * cols + c] = element c of row r of src
+  // as T, for r < rows and c < cols. float16 and bfloat16 widen exactly;
+  // int8 becomes data * scale, rounded once. Prefetches the rows that
+  // follow, as the decoding kernels do for rows read in place.
+  void (*widen)(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst);
 };
 
 // The table the loops use now: float32 follows the ISA chosen in

@@ -1,5 +1,5 @@
-// The vector type of the AVX2 + FMA kernels: 8 floats in a __m256. Only
-// kernels/avx2.cpp includes this, compiled with -mavx2 -mfma.
+// The vector type of the AVX2 + FMA + F16C kernels: 8 floats in a __m256.
+// Only kernels/avx2.cpp includes this, compiled with -mavx2 -mfma -mf16c.
 #pragma once
 
 #include <immintrin.h>
@@ -49,6 +49,17 @@ struct VecAvx2F32 {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
+  static __m128i load_bytes16(const void* p) {
+    return _mm_loadu_si128(static_cast<const __m128i*>(p));
+  }
+  static R from_f16(const std::uint16_t* p) { return _mm256_cvtph_ps(load_bytes16(p)); }
+  static R from_bf16(const std::uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_bytes16(p)), 16));
+  }
+  static R from_i8(const std::int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(static_cast<const __m128i*>(
+        static_cast<const void*>(p)))));
   }
   static R exp(R x);
 };

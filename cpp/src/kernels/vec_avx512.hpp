@@ -42,6 +42,17 @@ struct VecAvx512F32 {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));
   }
   static T reduce_add(R x) { return _mm512_reduce_add_ps(x); }
+  static R from_f16(const std::uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(static_cast<const void*>(p))));
+  }
+  static R from_bf16(const std::uint16_t* p) {
+    const __m256i bits = _mm256_loadu_si256(static_cast<const __m256i*>(static_cast<const void*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  static R from_i8(const std::int8_t* p) {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(static_cast<const __m128i*>(static_cast<const void*>(p)))));
+  }
   static R exp(R x);
 };
 

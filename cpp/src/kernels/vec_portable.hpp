@@ -57,6 +57,38 @@ struct VecPortable {
     for (std::int64_t i = 1; i < N; ++i) sum += x[i];
     return sum;
   }
+  // The stored formats, widened one element at a time: float16 by its bit
+  // fields (no F16C at the baseline), bfloat16 as the high half of a float.
+  static T f16_value(std::uint16_t h) {
+    const std::uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float32
+      const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+      return static_cast<T>(sign ? -magnitude : magnitude);
+    }
+    const std::uint32_t bits = exponent == 31 ? sign | 0x7f800000u | (mantissa << 13)
+                                              : sign | ((exponent + 112) << 23) | (mantissa << 13);
+    return static_cast<T>(bits_as_float(bits));
+  }
+  static float bits_as_float(std::uint32_t bits) {
+    float x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+  }
+  static R from_f16(const std::uint16_t* p) {
+    R x;
+    for (std::int64_t i = 0; i < N; ++i) x[i] = f16_value(p[i]);
+    return x;
+  }
+  static R from_bf16(const std::uint16_t* p) {
+    R x;
+    for (std::int64_t i = 0; i < N; ++i) x[i] = static_cast<T>(bits_as_float(std::uint32_t(p[i]) << 16));
+    return x;
+  }
+  static R from_i8(const std::int8_t* p) {
+    R x;
+    for (std::int64_t i = 0; i < N; ++i) x[i] = static_cast<T>(p[i]);
+    return x;
+  }
   static R exp(R x);
 };
 

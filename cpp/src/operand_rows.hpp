@@ -1,0 +1,71 @@
+// Key and value rows as the block kernels read them. Stored in the type the
+// call computes in, they are read in place. Stored as float16, bfloat16 or
+// int8, each block of rows goes through the load-and-widen step into a
+// tile-sized scratch just before the kernels read it, so every stored byte
+// is read once per work item and K and V are never copied whole.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kernels.hpp"
+#include "problem.hpp"
+
+namespace dotattn::detail {
+
+inline std::int64_t stored_size(DType dtype) {
+  switch (dtype) {
+    case DType::float64: return 8;
+    case DType::float16:
+    case DType::bfloat16: return 2;
+    case DType::int8:
+    case DType::boolean: return 1;
+    case DType::float32: return 4;
+  }
+  return 4;
+}
+
+template <class T>
+class OperandRows {
+ public:
+  struct Rows {
+    const T* data;
+    std::int64_t stride;
+  };
+
+  // Rows of head `head` in batch b of an operand with `cols` columns.
+  OperandRows(const Problem& p, const Layout& rows, const Storage& storage, std::int64_t b,
+              std::int64_t head, std::int64_t cols, const kernels::BlockKernels<T>& kern)
+      : kern_(kern), cols_(cols), widens_(storage.dtype != dtype_of<T>::value) {
+    const std::int64_t first = batch_offset(p, rows, b) + head * rows.head;
+    stored_.dtype = storage.dtype;
+    stored_.data = static_cast<const char*>(rows.data) + first * stored_size(storage.dtype);
+    stored_.stride = rows.row;
+    if (storage.dtype == DType::int8) {
+      stored_.scale = static_cast<const float*>(storage.scale.data) +
+                      batch_offset(p, storage.scale, b) + head * storage.scale.head;
+      stored_.scale_stride = storage.scale.row;
+      stored_.group = storage.group;
+    }
+  }
+
+  // Rows [j0, j0 + n); scratch (n x cols) receives them when they are widened.
+  Rows block(std::int64_t j0, std::int64_t n, T* scratch) const {
+    if (!widens_) return {static_cast<const T*>(stored_.data) + j0 * stored_.stride, stored_.stride};
+    kernels::StoredRows from = stored_;
+    from.data = static_cast<const char*>(stored_.data) + j0 * stored_.stride * stored_size(stored_.dtype);
+    if (from.scale) from.scale += j0 * stored_.scale_stride;
+    kern_.widen(from, n, cols_, scratch);
+    return {scratch, cols_};
+  }
+
+ private:
+  const kernels::BlockKernels<T>& kern_;
+  std::int64_t cols_;
+  bool widens_;
+  kernels::StoredRows stored_;
+};
+
+// Whether a call widens its keys or values: the scratch it needs.
+inline bool widens(const Storage& storage, DType computed) { return storage.dtype != computed; }
+
+}  // namespace dotattn::detail
