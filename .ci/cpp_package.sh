@@ -62,7 +62,9 @@ head -n 1 "$work/app.txt" | grep -E "^dotattn $version, kernels: (avx512|avx2|sc
 #                                          0.236883, 0.087144, 0.032059, 0.643914
 # The values of keys 0..2 are unit vectors and key 3's is all ones, so result
 # column c is weight c + weight 3; in row 3 that is e²/(1+e²) = 0.880797,
-# e/(1+e) = 0.731059 and (1-e+e²)/(1+e²) = 0.675973.
+# e/(1+e) = 0.731059 and (1-e+e²)/(1+e²) = 0.675973. Quantised to int8 with
+# one scale per token, each key and value row is 127 * (1/127) = 1 to within
+# 1e-7, so decoding token 3 over that cache prints row 3 once more.
 cat > "$work/expected.txt" <<'EXPECTED'
 attention weights (L x S):
   row 0: 1.0000 0.0000 0.0000 0.0000
@@ -74,6 +76,8 @@ result (L x Ev):
   row 1: 0.2689 0.7311 0.0000
   row 2: 0.3333 0.3333 0.3333
   row 3: 0.8808 0.7311 0.6760
+token 3 decoded over the int8 KV cache (1 x Ev):
+  row 0: 0.8808 0.7311 0.6760
 EXPECTED
 tail -n +2 "$work/app.txt" | diff -u "$work/expected.txt" -
 echo "cpp_app output matches the hand-computed values"

@@ -76,6 +76,28 @@ def qkv(rng, dtype, *, batch=(1,), Hq=2, Hkv=None, L=16, S=16, E=32, Ev=None):
     return q, k, v
 
 
+# The K/V storage formats of a float32 query: "int8" quantises by groups of
+# 32 (dotattn.quantize_kv's default where 32 divides E), "int8_row" by whole
+# rows (group E).
+KV_FORMATS = ["float32", "float16", "bfloat16", "int8", "int8_row"]
+
+
+def stored(x, fmt):
+    """x (float32) stored as fmt: an array, or a dotattn.QuantizedKV."""
+    if fmt == "float32":
+        return x
+    if fmt == "float16":
+        return x.astype(np.float16)
+    if fmt == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays need ml_dtypes (test extras)")
+        return x.astype(ml_dtypes.bfloat16)
+    if fmt == "int8":
+        return dotattn.quantize_kv(x, group=32 if x.shape[-1] % 32 == 0 else x.shape[-1])
+    if fmt == "int8_row":
+        return dotattn.quantize_kv(x, group=max(x.shape[-1], 1))
+    raise ValueError(f"unknown K/V format {fmt!r}")
+
+
 def assert_matches(out, ref, dtype) -> None:
     """out has the dtype asked for and matches the float64 reference: the same
     NaN and inf positions, and the finite values within TOLERANCES."""

@@ -46,11 +46,13 @@ def test_one_version_everywhere():
 def test_public_names():
     assert sorted(dotattn.__all__) == sorted(
         [
+            "QuantizedKV",
             "__version__",
             "attention",
             "attention_weights",
             "get_isa",
             "get_num_threads",
+            "quantize_kv",
             "reference",
             "set_isa",
             "set_num_threads",

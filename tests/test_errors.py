@@ -154,11 +154,18 @@ BAD_INPUTS = [
         r"query has dtype int64; expected float32 or float64",
     ),
     (
-        "key-float16",
-        replace(1, lambda k: k.astype(np.float16)),
+        "key-int16",
+        replace(1, lambda k: k.astype(np.int16)),
         {},
         TypeError,
-        r"key has dtype float16; expected float32 or float64",
+        r"key has dtype int16; expected float32, float16, bfloat16 \(ml_dtypes\), int8 \(dotattn.QuantizedKV\)",
+    ),
+    (
+        "key-int8-without-scales",
+        replace(1, lambda k: k.astype(np.int8)),
+        {},
+        TypeError,
+        r"key has dtype int8 without its scales; pass dotattn.QuantizedKV\(data, scale\)",
     ),
     (
         "value-complex",
@@ -181,7 +188,14 @@ BAD_INPUTS = [
         replace(1, lambda k: k.astype(np.float64)),
         {},
         TypeError,
-        r"query, key and value must have one dtype; got float32, float64, float32",
+        r"key has dtype float64 but query is float32, which reads float32, float16, bfloat16 or int8",
+    ),
+    (
+        "float64-query-float16-value",
+        [x.astype(np.float64) for x in good()[:2]] + [good()[2].astype(np.float16)],
+        {},
+        TypeError,
+        r"value has dtype float16 but query is float64, which needs float64 key and value",
     ),
 ]
 
@@ -279,7 +293,7 @@ def test_out_sharing_a_buffer_without_overlap_is_fine():
             (good()[0], good()[1].astype(np.float64)),
             {},
             TypeError,
-            r"query and key must have one dtype; got float32, float64",
+            r"key has dtype float64 but query is float32",
         ),
         (
             (good()[0], good()[1]),
@@ -323,3 +337,41 @@ def test_non_finite_data_neither_crashes_nor_hangs():
             out = dotattn.attention(*arrays, is_causal=True)
             ref = dotattn.reference.attention(*arrays, is_causal=True)
             np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+
+
+def test_bad_stored_key_and_value():
+    """An int8 key whose scales were swapped for ones that do not fit, a
+    scale of the wrong dtype, a bfloat16 value with a float64 query: each a
+    clear error naming the argument and shapes, with out untouched."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays need ml_dtypes (test extras)")
+    q, k, v = good()
+    cases = []
+    wrong_shape = dotattn.quantize_kv(k)
+    wrong_shape.scale = np.ones((B, H, S, 3), np.float32)
+    cases.append(
+        (
+            (q, wrong_shape, v),
+            ValueError,
+            r"key scale \(2, 4, 6, 3\) does not fit key \(2, 4, 6, 8\): its last dim \(3 groups\) must divide E=8",
+        )
+    )
+    wrong_shape = dotattn.quantize_kv(v)
+    wrong_shape.scale = np.ones((B, H, S + 1, 1), np.float32)
+    cases.append(
+        ((q, k, wrong_shape), ValueError, r"value scale \(2, 4, 7, 1\) does not fit value \(2, 4, 6, 3\)")
+    )
+    wrong_dtype = dotattn.quantize_kv(v)
+    wrong_dtype.scale = wrong_dtype.scale.astype(np.float64)
+    cases.append(((q, k, wrong_dtype), TypeError, r"value scale has dtype float64; expected float32"))
+    cases.append(
+        (
+            (q.astype(np.float64), k.astype(np.float64), v.astype(ml_dtypes.bfloat16)),
+            TypeError,
+            r"value has dtype bfloat16 but query is float64",
+        )
+    )
+    for args, exc, pattern in cases:
+        out = sentinel_out(dtype=args[0].dtype)
+        with pytest.raises(exc, match=pattern):
+            dotattn.attention(*args, out=out)
+        assert np.all(out == SENTINEL)

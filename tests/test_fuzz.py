@@ -39,6 +39,13 @@ powers of two, power-of-two scales) whose scores every kernel computes
 without rounding, as conftest.py explains; likewise huge values come one
 sign per problem, so that no result is a cancellation of huge terms.
 
+Key and value stored as float16, bfloat16 or int8 get a property of their
+own (test_stored_formats_match_the_reference): shapes with tails and empty
+sizes, each of K and V in its own format, int8 groups that divide E, the
+cache layouts a model has (token-major, a prefix of a longer cache, keys
+read backwards), masks and causal rules, with moderate values; the
+reference sees the values as stored.
+
 Examples per property are fractions of the profile's (examples()): 540 in
 all per kernel set under the default profile, 7.5 times as many under
 HYPOTHESIS_PROFILE=thorough.
@@ -52,7 +59,7 @@ from collections.abc import Callable
 import dotattn
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_matches
+from conftest import DTYPES, KV_FORMATS, assert_matches, stored
 from dotattn.reference import TOLERANCES
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
@@ -979,3 +986,56 @@ def test_valid_calls_with_more_than_2_to_the_32_elements_but_no_work():
     assert out.shape == (2**33, 0, 1) and lse.shape == (2**33, 0)
     weights = dotattn.attention_weights(np.empty((0, 1), F32), huge(2**33, 1))
     assert weights.shape == (0, 2**33) and weights.dtype == F32
+
+
+# ---------------------------------------------------------------- stored K/V formats
+
+
+@st.composite
+def stored_kv_problems(draw):
+    B = draw(st.sampled_from([1, 1, 2]))
+    Hkv = draw(st.sampled_from([1, 1, 2, 3]))
+    Hq = Hkv * draw(st.sampled_from([1, 2, 4]))
+    L = draw(st.sampled_from([0, 1, 1, 2, 5, 17, 97]))
+    S = draw(st.one_of(st.sampled_from([0, 1, 15, 16, 17, 1100]), st.integers(1, 300)))
+    E = draw(st.sampled_from([1, 7, 8, 9, 16, 33, 64, 80]))
+    Ev = draw(st.sampled_from([E, 1, 5, 24]))
+    extra = draw(st.sampled_from([0, 0, 3, 40]))  # cache slots beyond the S that are read
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    q = rng.standard_normal((B, Hq, L, E)).astype(np.float32)
+
+    def cache(cols, fmt):
+        layout = draw(st.sampled_from(["plain", "token-major", "reversed"]))
+        shape = (B, S + extra, Hkv, cols) if layout == "token-major" else (B, Hkv, S + extra, cols)
+        x = rng.standard_normal(shape).astype(np.float32)
+        if fmt.startswith("int8"):
+            groups = [g for g in range(1, cols + 1) if cols % g == 0]
+            x = dotattn.quantize_kv(x, group=draw(st.sampled_from(groups)))
+        else:
+            x = stored(x, fmt)
+        if layout == "token-major":
+            x = x.transpose(0, 2, 1, 3) if not isinstance(x, dotattn.QuantizedKV) else dotattn.QuantizedKV(
+                x.data.transpose(0, 2, 1, 3), x.scale.transpose(0, 2, 1, 3)
+            )
+        if layout == "reversed":
+            x = x[:, :, ::-1]
+        return x[:, :, :S]
+
+    k = cache(E, draw(st.sampled_from(KV_FORMATS)))
+    v = cache(Ev, draw(st.sampled_from(KV_FORMATS)))
+    kwargs = {"is_causal": draw(st.sampled_from(CAUSAL))}
+    if draw(st.booleans()):
+        kwargs["attn_mask"] = rng.random((B, 1, L, S)) < draw(st.sampled_from([0.1, 0.5, 0.9]))
+    return q, k, v, kwargs
+
+
+@examples(0.3)
+@given(stored_kv_problems())
+def test_stored_formats_match_the_reference(problem):
+    q, k, v, kwargs = problem
+    out, lse = dotattn.attention(q, k, v, return_lse=True, **kwargs)
+    ref, ref_lse = dotattn.reference.attention(q, k, v, return_lse=True, **kwargs)
+    assert_matches(out, ref, np.float32)
+    assert_matches(lse, ref_lse, np.float32)
+    weights = dotattn.attention_weights(q, k, **kwargs)
+    assert_matches(weights, dotattn.reference.attention_weights(q, k, **kwargs), np.float32)

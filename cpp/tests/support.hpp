@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cmath>
+#include <exception>
+#include <initializer_list>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -113,6 +115,21 @@ Expected expected(const Qkv<T>& in, const Call& call) {
   const double scale = call.scale ? *call.scale : 1.0 / std::sqrt(static_cast<double>(in.n.E));
   return naive_attention(in.n, to_double(in.q), to_double(in.k), to_double(in.v), scale,
                          call.causal, call.mask_terms);
+}
+
+// call() throws Error with a message that contains each of texts.
+template <class Error, class F>
+void expect_error(const F& call, std::initializer_list<const char*> texts) {
+  try {
+    call();
+  } catch (const Error& error) {
+    for (const char* text : texts) check_message(__FILE__, __LINE__, error.what(), text);
+    return;
+  } catch (const std::exception& error) {
+    fail(__FILE__, __LINE__, std::string("threw another exception: ") + error.what());
+    return;
+  }
+  fail(__FILE__, __LINE__, "did not throw");
 }
 
 // Runs f() once with each kernel set this CPU supports, with a Context

@@ -1,5 +1,7 @@
 // cpp_app: causal self-attention over a toy sequence of four tokens with the
-// installed dotattn package; prints the attention weights and the result.
+// installed dotattn package; prints the attention weights and the result,
+// then decodes the last token again against the keys and values kept as an
+// int8 KV cache.
 // The numbers are picked so that every printed value can be checked by hand
 // (.ci/cpp_package.sh does).
 #include <cstdint>
@@ -47,7 +49,10 @@ int main() {
       0, 0, 1,
       1, 1, 1,
   };
-  std::vector<float> weights(L * S), result(L * Ev);
+  std::vector<float> weights(L * S), result(L * Ev), decoded(Ev);
+  // The int8 cache: one scale per token (a group of all E = Ev = 3 features).
+  std::vector<std::int8_t> key_data(S * E), value_data(S * Ev);
+  std::vector<float> key_scale(S), value_scale(S);
 
   dotattn::Options options;
   options.causal = dotattn::Causal::upper_left;  // token i attends to tokens 0..i
@@ -61,6 +66,21 @@ int main() {
     dotattn::attention_weights(q, k, dotattn::output(weights.data(), {L, S}), options);
     dotattn::attention(q, k, dotattn::view(value.data(), {S, Ev}),
                        dotattn::output(result.data(), {L, Ev}), options);
+
+    dotattn::QuantizedOutput k8{key_data.data(), {E, 1}, key_scale.data(), {S, 1}, {1, 1}};
+    dotattn::QuantizedOutput v8{value_data.data(), {Ev, 1}, value_scale.data(), {S, 1}, {1, 1}};
+    dotattn::quantize_int8(k, k8);
+    dotattn::quantize_int8(dotattn::view(value.data(), {S, Ev}), v8);
+    // Token 3's query against all four cached tokens (lower_right: the one
+    // query row is the last position).
+    dotattn::Options decode;
+    decode.causal = dotattn::Causal::lower_right;
+    decode.scale = 1.0;
+    dotattn::attention(
+        dotattn::view(query.data() + 3 * E, {1, E}),
+        dotattn::quantized_view(key_data.data(), {S, E}, {}, key_scale.data(), {S, 1}),
+        dotattn::quantized_view(value_data.data(), {S, Ev}, {}, value_scale.data(), {S, 1}),
+        dotattn::output(decoded.data(), {1, Ev}), decode);
   } catch (const dotattn::argument_error& error) {
     // Bad shapes or options; dtype_error cannot happen here, view() and
     // output() take the dtype from the float pointers.
@@ -71,5 +91,6 @@ int main() {
   std::printf("dotattn %s, kernels: %s\n", DOTATTN_VERSION, dotattn::get_isa().c_str());
   print_rows("attention weights (L x S):", weights, L, S);
   print_rows("result (L x Ev):", result, L, Ev);
+  print_rows("token 3 decoded over the int8 KV cache (1 x Ev):", decoded, 1, Ev);
   return 0;
 }

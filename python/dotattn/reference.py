@@ -131,7 +131,8 @@ def stored_values(x: Any) -> np.ndarray:
     if hasattr(x, "scale") and hasattr(x, "group"):  # a dotattn.QuantizedKV
         data = np.asarray(x.data, dtype=np.float64)
         scale = np.asarray(x.scale, dtype=np.float64)
-        return data * (np.repeat(scale, x.group, axis=-1) if data.shape[-1] else scale)
+        with np.errstate(all="ignore"):  # a non-finite scale gives what the cache holds
+            return data * (np.repeat(scale, x.group, axis=-1) if data.shape[-1] else scale)
     return np.asarray(x, dtype=np.float64)
 
 
