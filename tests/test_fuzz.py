@@ -721,7 +721,7 @@ def test_invalid_arguments_raise_naming_them(problem, corruption, data):
     protected = out  # must be left as it was
     exc, pattern = ValueError, None
     if corruption == "mixed-dtypes":
-        k, exc, pattern = np.zeros(k.shape, other), TypeError, r"query, key and value must have one dtype"
+        k, exc, pattern = np.zeros(k.shape, other), TypeError, r"key has dtype float\d\d but query is float\d\d"
     elif corruption == "int-query":
         q, exc, pattern = (
             np.zeros(q.shape, np.int32),

@@ -78,6 +78,13 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
     const std::int64_t keys = std::min(blk.keys, end - j0);
     scores.compute(j0, keys, t.st);
     const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
+    // Every weight nonzero: no 0 * inf to keep out (accumulate_values), so
+    // few rows read stored values straight from memory.
+    if (scores.few_rows() && values.widens() && smallest > T(0)) {
+      kern.pv_accumulate_stored(t.st, blk.tile_rows, rows, keys, values.stored_from(j0), p.Ev,
+                                s.acc, p.Ev);
+      continue;
+    }
     const auto v = values.block(j0, keys, t.wv);
     accumulate_values(kern, t.st, blk.tile_rows, rows, keys, v.data, v.stride, p.Ev, smallest, s.acc,
                       t.saved, t.clean_v);

@@ -37,6 +37,10 @@ class MaskedScores {
   // Row r0 + i sees keys [0, visible_keys(i)) by the causal rule.
   std::int64_t visible_keys(std::int64_t i) const { return causal_.visible_keys(rb_.r0 + i); }
 
+  // Few rows: scored by dot products (score_rows), stored keys widened as
+  // they are loaded; the P·V step reads stored values the same way.
+  bool few_rows() const { return by_rows_; }
+
   // Keys from here on are hidden from every row of the block.
   std::int64_t key_end() const { return visible_keys(rb_.rows - 1); }
 
@@ -44,12 +48,18 @@ class MaskedScores {
   // [j0, j0 + keys): the scaled scores with the mask and the causal rule
   // applied.
   void compute(std::int64_t j0, std::int64_t keys, T* st) const {
-    const auto k = keys_.block(j0, keys, widened_k_);
-    if (by_rows_)
-      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, keys, p_.E, scale_, st, tile_rows_);
-    else
-      kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,
-                       tile_rows_);
+    if (by_rows_ && keys_.widens()) {
+      kern_.score_rows_stored(q_, p_.E, rb_.tile_rows(), keys_.stored_from(j0), keys, p_.E, scale_,
+                              st, tile_rows_);
+    } else {
+      const auto k = keys_.block(j0, keys, widened_k_);
+      if (by_rows_)
+        kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, keys, p_.E, scale_, st,
+                         tile_rows_);
+      else
+        kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,
+                         tile_rows_);
+    }
     const TileStrides ts{1, tile_rows_};
     const bool crosses_diagonal = causal_.active && j0 + keys > visible_keys(0);
     for (std::int64_t g = 0; g < rb_.heads; ++g) {

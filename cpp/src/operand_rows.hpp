@@ -1,8 +1,10 @@
 // Key and value rows as the block kernels read them. Stored in the type the
 // call computes in, they are read in place. Stored as float16, bfloat16 or
-// int8, each block of rows goes through the load-and-widen step into a
-// tile-sized scratch just before the kernels read it, so every stored byte
-// is read once per work item and K and V are never copied whole.
+// int8, they are widened to it in registers, either by the few-rows
+// (decoding) kernels as they stream them from memory (stored_from), or, for
+// the many-rows kernels, which read each element once per tile row, block
+// by block into a tile-sized scratch (block). Every stored byte is read once
+// per work item, and K and V are never copied whole.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +42,7 @@ class OperandRows {
     stored_.dtype = storage.dtype;
     stored_.data = static_cast<const char*>(rows.data) + first * stored_size(storage.dtype);
     stored_.stride = rows.row;
+    stored_.cols = cols;
     if (storage.dtype == DType::int8) {
       stored_.scale = static_cast<const float*>(storage.scale.data) +
                       batch_offset(p, storage.scale, b) + head * storage.scale.head;
@@ -48,13 +51,22 @@ class OperandRows {
     }
   }
 
-  // Rows [j0, j0 + n); scratch (n x cols) receives them when they are widened.
-  Rows block(std::int64_t j0, std::int64_t n, T* scratch) const {
-    if (!widens_) return {static_cast<const T*>(stored_.data) + j0 * stored_.stride, stored_.stride};
+  // Whether the rows are stored in another format than T.
+  bool widens() const { return widens_; }
+
+  // The stored rows from row j0 on, for the kernels that widen as they load.
+  kernels::StoredRows stored_from(std::int64_t j0) const {
     kernels::StoredRows from = stored_;
     from.data = static_cast<const char*>(stored_.data) + j0 * stored_.stride * stored_size(stored_.dtype);
     if (from.scale) from.scale += j0 * stored_.scale_stride;
-    kern_.widen(from, n, cols_, scratch);
+    return from;
+  }
+
+  // Rows [j0, j0 + n) as T; scratch (n x cols) receives them when they are
+  // widened.
+  Rows block(std::int64_t j0, std::int64_t n, T* scratch) const {
+    if (!widens_) return {static_cast<const T*>(stored_.data) + j0 * stored_.stride, stored_.stride};
+    kern_.widen(stored_from(j0), n, cols_, scratch);
     return {scratch, cols_};
   }
 

@@ -35,6 +35,7 @@ const float* row_of(const TensorView& x, std::int64_t r, float* buffer) {
   kernels::StoredRows from;
   from.dtype = x.dtype;
   from.data = static_cast<const std::uint16_t*>(x.data) + offset;
+  from.cols = x.shape.back();
   kernels::selected<float>().widen(from, 1, x.shape.back(), buffer);
   return buffer;
 }

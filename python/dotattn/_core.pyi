@@ -3,8 +3,10 @@
 The public functions are those of the dotattn package (python/dotattn/_api.py),
 which prepare the arguments: the functions here take arrays as they are
 (NumPy arrays only, never converted), every argument given, and raise
-TypeError for a dtype other than float32/float64 (bool for attn_mask) in
-native byte order and ValueError for other bad arguments."""
+TypeError for a dtype they do not take (float32/float64 queries; also
+float16, bfloat16 and int8 with float32 scales for key and value; bool for
+attn_mask) or a non-native byte order, and ValueError for other bad
+arguments."""
 
 from typing import Any, ClassVar, Literal, overload
 
@@ -40,8 +42,10 @@ class Causal:
 @overload
 def attention(
     query: NDArray[np.floating[Any]],
-    key: NDArray[np.floating[Any]],
-    value: NDArray[np.floating[Any]],
+    key: NDArray[Any],
+    value: NDArray[Any],
+    key_scale: NDArray[np.float32] | None,
+    value_scale: NDArray[np.float32] | None,
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
@@ -51,8 +55,10 @@ def attention(
 @overload
 def attention(
     query: NDArray[np.floating[Any]],
-    key: NDArray[np.floating[Any]],
-    value: NDArray[np.floating[Any]],
+    key: NDArray[Any],
+    value: NDArray[Any],
+    key_scale: NDArray[np.float32] | None,
+    value_scale: NDArray[np.float32] | None,
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
@@ -62,8 +68,10 @@ def attention(
 @overload
 def attention(
     query: NDArray[np.floating[Any]],
-    key: NDArray[np.floating[Any]],
-    value: NDArray[np.floating[Any]],
+    key: NDArray[Any],
+    value: NDArray[Any],
+    key_scale: NDArray[np.float32] | None,
+    value_scale: NDArray[np.float32] | None,
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
@@ -72,11 +80,18 @@ def attention(
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
 def attention_weights(
     query: NDArray[np.floating[Any]],
-    key: NDArray[np.floating[Any]],
+    key: NDArray[Any],
+    key_scale: NDArray[np.float32] | None,
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
 ) -> NDArray[np.floating[Any]]: ...
+def quantization_group(data: NDArray[np.int8], scale: NDArray[np.float32]) -> int: ...
+def quantize_int8(x: NDArray[Any], data: NDArray[np.int8], scale: NDArray[np.float32]) -> None: ...
+
+# Reads every byte of a C-contiguous array once on get_num_threads() threads
+# (for benchmarks: the read bandwidth); returns a checksum.
+def stream_read(a: NDArray[Any]) -> int: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
 def supported_isas() -> list[str]: ...

@@ -62,7 +62,8 @@ class QuantizedKV:
     def dequantize(self) -> np.ndarray:
         """The float32 values stored: ``data * scale`` per group."""
         scale = np.repeat(self.scale, self.group, axis=-1) if self.data.shape[-1] else self.scale
-        return self.data.astype(np.float32) * scale
+        values: np.ndarray = self.data.astype(np.float32) * scale
+        return values
 
     def __getitem__(self, index: Any) -> QuantizedKV:
         index = index if isinstance(index, tuple) else (index,)

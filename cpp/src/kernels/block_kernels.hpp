@@ -21,6 +21,9 @@
 
 #include "kernels/kernels.hpp"
 
+
+
+
 namespace dotattn::kernels {
 
 // Calls f(std::integral_constant<int, n>) for a run-time n in [1, Max]: the
@@ -37,15 +40,23 @@ inline void with_count(std::int64_t n, const F& f) {
 }
 
 // How far ahead the few-rows (decoding) kernels prefetch the keys and
-// values they stream from memory. Measured on Zen 3, one core, E = Ev = 128,
-// K and V far larger than the caches: keys read at 7.8 GB/s without and 13
-// to 14.6 with 6 to 24 keys ahead; values at 8.8 without and 11 to 12.5
-// with 8 or 16 ahead (a plain streaming read: 12 GB/s).
-constexpr std::int64_t kKeysAhead = 12, kValuesAhead = 16;
+// values they stream from memory, in bytes of the rows as stored, so that
+// a 2-byte or 1-byte format keeps as much in flight as float32 (the
+// hardware prefetchers stop at each 4 KiB page). Measured on Zen 3, one
+// core, float32, E = Ev = 128, K and V far larger than the caches: keys
+// read at 7.8 GB/s without and 13 to 14.6 with 6 to 24 keys (3 to 12 KiB)
+// ahead; values at 8.8 without and 11 to 12.5 with 8 or 16 (4 or 8 KiB)
+// ahead (a plain streaming read: 12 GB/s).
+constexpr std::int64_t kKeyBytesAhead = 6144, kValueBytesAhead = 8192;
 
-// How many rows ahead the widen step prefetches the float16, bfloat16 and
-// int8 rows it converts.
-constexpr std::int64_t kWidenAhead = 16;
+// The few-rows P·V step takes the values in chunks of this many bytes of
+// rows (at least 4 rows): each chunk's rows are read whole and in order,
+// and the accumulators are loaded and stored once per chunk. Measured on
+// Zen 3, 2 threads, cold cache, decode shapes with E = 128, % of the
+// streaming read bandwidth: float32 74-81% with 4 rows (2 KiB) against
+// 64-66% with 16; float16 49-66% with 4 rows, 55-67% with 8 (2 KiB);
+// int8 25-34% with 4, 28-36% with 8 and 16 (2 KiB).
+constexpr std::int64_t kValueChunkBytes = 2048;
 
 // exp_sum adds a row's weights in chunks of this many keys, then the chunk
 // sums: the rounding error grows as (kSumChunk + keys / kSumChunk) ulps
@@ -57,17 +68,6 @@ struct BlockKernelsFor {
   using T = typename V::T;
   using R = typename V::R;
   static constexpr std::int64_t N = V::N;
-
-  // Asks for rows [0, count) of a row-major array (cols each) to be brought
-  // into cache. Prefetches never fault, so rows past the end are harmless.
-  // A member, like everything compiled with an ISA's flags, so that no
-  // instantiation is shared with a file built for another ISA.
-  static void prefetch_rows(const T* p, std::int64_t stride, std::int64_t count,
-                            std::int64_t cols) {
-    for (std::int64_t r = 0; r < count; ++r)
-      for (std::int64_t c = 0; c < cols; c += 64 / static_cast<std::int64_t>(sizeof(T)))
-        __builtin_prefetch(p + r * stride + c, 0, 3);
-  }
 
   // Scores of Keys keys against RowVecs * N rows.
   template <int Keys, int RowVecs>
@@ -132,56 +132,203 @@ struct BlockKernelsFor {
                                                   st_ld);
   }
 
-  // Scores of Keys keys against Rows rows, as dot products along E.
-  template <int Keys, int Rows>
-  static void score_dot_micro(const T* q, std::int64_t q_ld, const T* k, std::int64_t k_stride,
+  // Where the few-rows kernels read key or value rows from: Plain, in
+  // place as T; Stored<D>, as stored (float16, bfloat16, int8), widened in
+  // registers as they are loaded, so that the rows stream from memory with
+  // the same prefetching as T's and no scratch pass stands between memory
+  // and the arithmetic. Both give load(j, c) (N elements of row j from
+  // column c), load_partial(j, c, lanes) and the byte address of a row.
+  struct Plain {
+    const T* data;
+    std::int64_t stride;
+    static constexpr std::int64_t kSize = sizeof(T);
+    static constexpr bool kScaled = false, kRowScale = false, kPanelScale = false;
+
+    R load(std::int64_t j, std::int64_t c) const { return V::load(data + j * stride + c); }
+    R load_partial(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
+      return V::load_partial(data + j * stride + c, lanes);
+    }
+    R load_unscaled(std::int64_t j, std::int64_t c) const { return load(j, c); }
+    R load_partial_unscaled(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
+      return load_partial(j, c, lanes);
+    }
+    T panel_scale(std::int64_t, std::int64_t) const { return T(1); }
+    const char* row(std::int64_t j) const {
+      return reinterpret_cast<const char*>(data + j * stride);
+    }
+  };
+
+  // How an int8 row's scales are found: one per row (group E), one per
+  // power-of-two group of whole P·V panels (group 32), or lane by lane.
+  // Fixed per source, so that the loaded vectors stay in registers. With
+  // one scale per row or per panel, the kernels fold it into a weight (P·V)
+  // or the row's score instead of multiplying every element.
+  enum class Scales { none, row, shift, lanes };
+
+  template <DType D, Scales How = Scales::none>
+  struct Stored {
+    using Elem = std::conditional_t<D == DType::int8, std::int8_t, std::uint16_t>;
+    static constexpr std::int64_t kSize = sizeof(Elem);
+    static constexpr bool kScaled = How != Scales::none;
+    static constexpr bool kRowScale = How == Scales::row;
+    static constexpr bool kPanelScale = How == Scales::row || How == Scales::shift;
+    const Elem* data;
+    std::int64_t stride;
+    const float* scale;
+    std::int64_t scale_stride;
+    std::int64_t group;
+    int group_shift;
+
+    explicit Stored(const StoredRows& s)
+        : data(static_cast<const Elem*>(s.data)),
+          stride(s.stride),
+          scale(s.scale),
+          scale_stride(s.scale_stride),
+          group(s.group),
+          group_shift(s.group > 0 ? __builtin_ctzll(static_cast<unsigned long long>(s.group)) : 0) {}
+
+    static R widen(const Elem* p) {
+      if constexpr (D == DType::float16) return V::from_f16(p);
+      else if constexpr (D == DType::bfloat16) return V::from_bf16(p);
+      else return V::from_i8(p);
+    }
+    // The scales of row j's columns [c, c + lanes).
+    R scales(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
+      const float* row_scale = scale + j * scale_stride;
+      if constexpr (How == Scales::row) return V::set1(row_scale[0]);
+      else if constexpr (How == Scales::shift) return V::set1(row_scale[c >> group_shift]);
+      else {
+        T part[N] = {};
+        for (std::int64_t i = 0; i < lanes; ++i) part[i] = row_scale[(c + i) / group];
+        return V::load(part);
+      }
+    }
+    R dequantized(R x, std::int64_t j, std::int64_t c, std::int64_t lanes) const {
+      if constexpr (How == Scales::none) return x;
+      else return V::mul(x, scales(j, c, lanes));
+    }
+    R load_unscaled(std::int64_t j, std::int64_t c) const { return widen(data + j * stride + c); }
+    // A partial vector goes through a zero-filled copy: nothing past the
+    // row is read.
+    R load_partial_unscaled(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
+      Elem part[N] = {};
+      for (std::int64_t i = 0; i < lanes; ++i) part[i] = data[j * stride + c + i];
+      return widen(part);
+    }
+    R load(std::int64_t j, std::int64_t c) const { return dequantized(load_unscaled(j, c), j, c, N); }
+    R load_partial(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
+      return dequantized(load_partial_unscaled(j, c, lanes), j, c, lanes);
+    }
+    // The one scale of row j's columns from c (kPanelScale: a P·V panel
+    // lies within one group).
+    T panel_scale(std::int64_t j, std::int64_t c) const {
+      return scale[j * scale_stride + (How == Scales::row ? 0 : c >> group_shift)];
+    }
+    const char* row(std::int64_t j) const {
+      return reinterpret_cast<const char*>(data + j * stride);
+    }
+  };
+
+  // Calls f(source) with the source type of src's format and scales.
+  template <class F>
+  static void with_stored(const StoredRows& src, const F& f) {
+    switch (src.dtype) {
+      case DType::float16: return f(Stored<DType::float16>(src));
+      case DType::bfloat16: return f(Stored<DType::bfloat16>(src));
+      default: break;
+    }
+    const bool power_of_two = (src.group & (src.group - 1)) == 0;
+    if (src.group >= src.cols) return f(Stored<DType::int8, Scales::row>(src));
+    if (src.group % (V::kPvColVecs * N) == 0 && power_of_two)
+      return f(Stored<DType::int8, Scales::shift>(src));
+    f(Stored<DType::int8, Scales::lanes>(src));
+  }
+
+  // How many rows of `cols` elements of a source make `bytes` bytes.
+  template <class Src>
+  static std::int64_t rows_in(std::int64_t bytes, std::int64_t cols) {
+    const std::int64_t row = cols > 0 ? cols * Src::kSize : 1;
+    return (bytes + row - 1) / row;
+  }
+
+  // Asks for rows [j, j + count) of a source to be brought into cache, their
+  // scales too. Prefetches never fault: rows past the end are harmless.
+  template <class Src>
+  static void prefetch_source(const Src& src, std::int64_t j, std::int64_t count, std::int64_t cols) {
+    for (std::int64_t r = j; r < j + count; ++r) {
+      const char* row = src.row(r);
+      for (std::int64_t b = 0; b < cols * Src::kSize; b += 64) __builtin_prefetch(row + b, 0, 3);
+      if constexpr (Src::kScaled) __builtin_prefetch(src.scale + r * src.scale_stride, 0, 3);
+    }
+  }
+
+  // Scores of Keys keys (from key j0 of k) against Rows rows, as dot
+  // products along E.
+  template <int Keys, int Rows, class Src>
+  static void score_dot_micro(const T* q, std::int64_t q_ld, const Src& k, std::int64_t j0,
                               std::int64_t E, T scale, T* st, std::int64_t st_ld) {
     R acc[Rows][Keys];
     for (int r = 0; r < Rows; ++r)
       for (int j = 0; j < Keys; ++j) acc[r][j] = V::zero();
     const auto step = [&](std::int64_t e, std::int64_t lanes) {
-      const auto load = [&](const T* p) {
-        return lanes == N ? V::load(p + e) : V::load_partial(p + e, lanes);
-      };
       R kj[Keys];
-      for (int j = 0; j < Keys; ++j) kj[j] = load(k + j * k_stride);
+      for (int j = 0; j < Keys; ++j) {
+        if constexpr (Src::kRowScale)  // applied to the sum below
+          kj[j] = lanes == N ? k.load_unscaled(j0 + j, e) : k.load_partial_unscaled(j0 + j, e, lanes);
+        else
+          kj[j] = lanes == N ? k.load(j0 + j, e) : k.load_partial(j0 + j, e, lanes);
+      }
       for (int r = 0; r < Rows; ++r) {
-        const R qr = load(q + r * q_ld);
+        const R qr = lanes == N ? V::load(q + r * q_ld + e) : V::load_partial(q + r * q_ld + e, lanes);
         for (int j = 0; j < Keys; ++j) acc[r][j] = V::fmadd(qr, kj[j], acc[r][j]);
       }
     };
     std::int64_t e = 0;
     for (; e + N <= E; e += N) step(e, N);
     if (e < E) step(e, E - e);
-    for (int j = 0; j < Keys; ++j)
-      for (int r = 0; r < Rows; ++r) st[j * st_ld + r] = scale * V::reduce_add(acc[r][j]);
+    for (int j = 0; j < Keys; ++j) {
+      T key_scale = scale;
+      if constexpr (Src::kRowScale) key_scale = scale * k.panel_scale(j0 + j, 0);
+      for (int r = 0; r < Rows; ++r) st[j * st_ld + r] = key_scale * V::reduce_add(acc[r][j]);
+    }
   }
 
-  template <int Rows>
-  static void score_dot_rows(const T* q, std::int64_t q_ld, const T* k, std::int64_t k_stride,
-                             std::int64_t keys, std::int64_t E, T scale, T* st, std::int64_t st_ld) {
+  template <int Rows, class Src>
+  static void score_dot_rows(const T* q, std::int64_t q_ld, const Src& k, std::int64_t keys,
+                             std::int64_t E, T scale, T* st, std::int64_t st_ld) {
+    const std::int64_t ahead = rows_in<Src>(kKeyBytesAhead, E);
     std::int64_t j = 0;
     for (; j + V::kDotKeys <= keys; j += V::kDotKeys) {
-      prefetch_rows(k + (j + kKeysAhead) * k_stride, k_stride, V::kDotKeys, E);
-      score_dot_micro<V::kDotKeys, Rows>(q, q_ld, k + j * k_stride, k_stride, E, scale,
-                                         st + j * st_ld, st_ld);
+      prefetch_source(k, j + ahead, V::kDotKeys, E);
+      score_dot_micro<V::kDotKeys, Rows>(q, q_ld, k, j, E, scale, st + j * st_ld, st_ld);
     }
     with_count<V::kDotKeys - 1>(keys - j, [&](auto n) {
-      score_dot_micro<decltype(n)::value, Rows>(q, q_ld, k + j * k_stride, k_stride, E, scale,
-                                                st + j * st_ld, st_ld);
+      score_dot_micro<decltype(n)::value, Rows>(q, q_ld, k, j, E, scale, st + j * st_ld, st_ld);
+    });
+  }
+
+  template <class Src>
+  static void score_source_rows(const T* q, std::int64_t q_ld, std::int64_t rows, const Src& k,
+                                std::int64_t keys, std::int64_t E, T scale, T* st,
+                                std::int64_t st_ld) {
+    std::int64_t i = 0;
+    for (; i + V::kDotRows <= rows; i += V::kDotRows)
+      score_dot_rows<V::kDotRows>(q + i * q_ld, q_ld, k, keys, E, scale, st + i, st_ld);
+    with_count<V::kDotRows - 1>(rows - i, [&](auto n) {
+      score_dot_rows<decltype(n)::value>(q + i * q_ld, q_ld, k, keys, E, scale, st + i, st_ld);
     });
   }
 
   static void score_rows(const T* q, std::int64_t q_ld, std::int64_t rows, const T* k,
                          std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
                          std::int64_t st_ld) {
-    std::int64_t i = 0;
-    for (; i + V::kDotRows <= rows; i += V::kDotRows)
-      score_dot_rows<V::kDotRows>(q + i * q_ld, q_ld, k, k_stride, keys, E, scale, st + i, st_ld);
-    with_count<V::kDotRows - 1>(rows - i, [&](auto n) {
-      score_dot_rows<decltype(n)::value>(q + i * q_ld, q_ld, k, k_stride, keys, E, scale, st + i,
-                                         st_ld);
-    });
+    score_source_rows(q, q_ld, rows, Plain{k, k_stride}, keys, E, scale, st, st_ld);
+  }
+
+  static void score_rows_stored(const T* q, std::int64_t q_ld, std::int64_t rows,
+                                const StoredRows& k, std::int64_t keys, std::int64_t E, T scale,
+                                T* st, std::int64_t st_ld) {
+    with_stored(k, [&](const auto& src) { score_source_rows(q, q_ld, rows, src, keys, E, scale, st, st_ld); });
   }
 
   static void block_max(const T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows,
@@ -238,27 +385,38 @@ struct BlockKernelsFor {
     }
   }
 
-  // acc[Rows][ColVecs * N] += pt^T · v over every key. Full: all ColVecs * N
-  // columns exist; otherwise only the first `cols`, through partial loads.
-  template <int Rows, int ColVecs, bool Full>
-  static void pv_micro(const T* pt, std::int64_t pt_ld, std::int64_t keys, const T* v,
-                       std::int64_t v_stride, T* acc, std::int64_t acc_ld, std::int64_t cols) {
+  // acc[Rows][ColVecs * N] += pt^T · v over keys [j0, j0 + keys), columns
+  // from c0. Full: all ColVecs * N columns exist; otherwise only the first
+  // `cols`, through partial loads.
+  template <int Rows, int ColVecs, bool Full, class Src>
+  static void pv_micro(const T* pt, std::int64_t pt_ld, std::int64_t j0, std::int64_t keys,
+                       const Src& v, std::int64_t c0, T* acc, std::int64_t acc_ld,
+                       std::int64_t cols) {
     std::int64_t lanes[ColVecs];
     for (int c = 0; c < ColVecs; ++c) {
       const std::int64_t left = cols - c * N;
       lanes[c] = left < 0 ? 0 : (left > N ? N : left);
     }
-    const auto load = [&](const T* p, int c) {
+    const auto load_acc = [&](const T* p, int c) {
       return Full ? V::load(p + c * N) : V::load_partial(p + c * N, lanes[c]);
     };
     R o[Rows][ColVecs];
     for (int r = 0; r < Rows; ++r)
-      for (int c = 0; c < ColVecs; ++c) o[r][c] = load(acc + r * acc_ld, c);
+      for (int c = 0; c < ColVecs; ++c) o[r][c] = load_acc(acc + r * acc_ld, c);
     for (std::int64_t j = 0; j < keys; ++j) {
       R vj[ColVecs];
-      for (int c = 0; c < ColVecs; ++c) vj[c] = load(v + j * v_stride, c);
+      if constexpr (Src::kPanelScale) {  // the panel's one scale goes into the weights
+        for (int c = 0; c < ColVecs; ++c)
+          vj[c] = Full ? v.load_unscaled(j0 + j, c0 + c * N)
+                       : v.load_partial_unscaled(j0 + j, c0 + c * N, lanes[c]);
+      } else {
+        for (int c = 0; c < ColVecs; ++c)
+          vj[c] = Full ? v.load(j0 + j, c0 + c * N) : v.load_partial(j0 + j, c0 + c * N, lanes[c]);
+      }
+      T panel_scale = T(1);
+      if constexpr (Src::kPanelScale) panel_scale = v.panel_scale(j0 + j, c0);
       for (int r = 0; r < Rows; ++r) {
-        const R p = V::set1(pt[j * pt_ld + r]);
+        const R p = V::set1(Src::kPanelScale ? pt[j * pt_ld + r] * panel_scale : pt[j * pt_ld + r]);
         for (int c = 0; c < ColVecs; ++c) o[r][c] = V::fmadd(p, vj[c], o[r][c]);
       }
     }
@@ -271,110 +429,87 @@ struct BlockKernelsFor {
       }
   }
 
-  template <bool Full>
-  static void pv_columns(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                         const T* v, std::int64_t v_stride, T* acc, std::int64_t acc_ld,
-                         std::int64_t cols) {
+  template <bool Full, class Src>
+  static void pv_columns(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t j0,
+                         std::int64_t keys, const Src& v, std::int64_t c0, T* acc,
+                         std::int64_t acc_ld, std::int64_t cols) {
     std::int64_t i = 0;
     for (; i + V::kPvRows <= rows; i += V::kPvRows)
-      pv_micro<V::kPvRows, V::kPvColVecs, Full>(pt + i, pt_ld, keys, v, v_stride,
-                                                acc + i * acc_ld, acc_ld, cols);
+      pv_micro<V::kPvRows, V::kPvColVecs, Full>(pt + i, pt_ld, j0, keys, v, c0, acc + i * acc_ld,
+                                                acc_ld, cols);
     with_count<V::kPvRows - 1>(rows - i, [&](auto n) {
-      pv_micro<decltype(n)::value, V::kPvColVecs, Full>(pt + i, pt_ld, keys, v, v_stride,
+      pv_micro<decltype(n)::value, V::kPvColVecs, Full>(pt + i, pt_ld, j0, keys, v, c0,
                                                          acc + i * acc_ld, acc_ld, cols);
     });
   }
 
   // Column panels outside, rows inside: a panel of v (keys x ColVecs * N)
   // stays in L1 while every row block reads it.
-  static void pv_panels(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                        const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
+  template <class Src>
+  static void pv_panels(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t j0,
+                        std::int64_t keys, const Src& v, std::int64_t Ev, T* acc,
                         std::int64_t acc_ld) {
     constexpr std::int64_t panel = V::kPvColVecs * N;
     std::int64_t c = 0;
     for (; c + panel <= Ev; c += panel)
-      pv_columns<true>(pt, pt_ld, rows, keys, v + c, v_stride, acc + c, acc_ld, panel);
-    if (c < Ev) pv_columns<false>(pt, pt_ld, rows, keys, v + c, v_stride, acc + c, acc_ld, Ev - c);
+      pv_columns<true>(pt, pt_ld, rows, j0, keys, v, c, acc + c, acc_ld, panel);
+    if (c < Ev) pv_columns<false>(pt, pt_ld, rows, j0, keys, v, c, acc + c, acc_ld, Ev - c);
   }
 
   // With few rows (decoding) the values come from memory, not cache, and
   // are read once: in chunks of a few keys, so that each chunk's rows are
   // read whole and in order, which the hardware prefetchers follow, instead
   // of one column panel of every row at a time.
+  template <class Src>
+  static void pv_source(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
+                        const Src& v, std::int64_t Ev, T* acc, std::int64_t acc_ld) {
+    if (rows > V::kPvRows) return pv_panels(pt, pt_ld, rows, 0, keys, v, Ev, acc, acc_ld);
+    const std::int64_t chunk_rows = rows_in<Src>(kValueChunkBytes, Ev);
+    const std::int64_t chunk = chunk_rows > 4 ? chunk_rows : 4;
+    const std::int64_t ahead = rows_in<Src>(kValueBytesAhead, Ev);
+    for (std::int64_t j = 0; j < keys; j += chunk) {
+      prefetch_source(v, j + ahead, chunk, Ev);
+      pv_panels(pt + j * pt_ld, pt_ld, rows, j, keys - j < chunk ? keys - j : chunk, v, Ev, acc,
+                acc_ld);
+    }
+  }
+
   static void pv_accumulate(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
                             const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
                             std::int64_t acc_ld) {
-    if (rows > V::kPvRows) return pv_panels(pt, pt_ld, rows, keys, v, v_stride, Ev, acc, acc_ld);
-    constexpr std::int64_t chunk = 4;  // 12 GB/s of values against 5.7 for the whole block
-    for (std::int64_t j = 0; j < keys; j += chunk) {
-      prefetch_rows(v + (j + kValuesAhead) * v_stride, v_stride, chunk, Ev);
-      pv_panels(pt + j * pt_ld, pt_ld, rows, keys - j < chunk ? keys - j : chunk, v + j * v_stride,
-                v_stride, Ev, acc, acc_ld);
-    }
+    pv_source(pt, pt_ld, rows, keys, Plain{v, v_stride}, Ev, acc, acc_ld);
   }
 
-  // N elements of a stored row widened, of which the first `lanes` exist:
-  // a partial vector goes through a zero-filled copy, so nothing past the
-  // row is read.
-  template <class Stored, class Widen>
-  static R widened(const Stored* p, std::int64_t lanes, const Widen& widen) {
-    if (lanes == N) return widen(p);
-    Stored part[N] = {};
-    for (std::int64_t i = 0; i < lanes; ++i) part[i] = p[i];
-    return widen(part);
+  static void pv_accumulate_stored(const T* pt, std::int64_t pt_ld, std::int64_t rows,
+                                   std::int64_t keys, const StoredRows& v, std::int64_t Ev, T* acc,
+                                   std::int64_t acc_ld) {
+    with_stored(v, [&](const auto& src) { pv_source(pt, pt_ld, rows, keys, src, Ev, acc, acc_ld); });
   }
 
-  // The scales of elements [c, c + lanes) of an int8 row. One broadcast
-  // when a group spans whole vectors (group 32, or group E with N | E).
-  static R scales_at(const float* scale, std::int64_t c, std::int64_t lanes, std::int64_t group) {
-    if (group % N == 0) return V::set1(scale[c / group]);
-    T part[N] = {};
-    for (std::int64_t i = 0; i < lanes; ++i) part[i] = scale[(c + i) / group];
-    return V::load(part);
-  }
-
-  // dst row r = convert(row r of src, column c, lanes) for every vector of
-  // columns, prefetching kWidenAhead rows ahead (bytes per element: Size).
-  template <int Size, class Convert>
-  static void widen_rows(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst,
-                         const Convert& convert) {
-    const auto* base = static_cast<const char*>(src.data);
-    const std::int64_t row_bytes = src.stride * Size;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const char* ahead = base + (r + kWidenAhead) * row_bytes;
-      for (std::int64_t b = 0; b < cols * Size; b += 64) __builtin_prefetch(ahead + b, 0, 3);
-      if (src.scale) __builtin_prefetch(src.scale + (r + kWidenAhead) * src.scale_stride, 0, 3);
-      T* out = dst + r * cols;
-      std::int64_t c = 0;
-      for (; c + N <= cols; c += N) V::store(out + c, convert(r, c, N));
-      if (c < cols) V::store_partial(out + c, convert(r, c, cols - c), cols - c);
-    }
-  }
-
+  // The widen step for the many-rows kernels: each block of rows is
+  // widened once into dst and then read by every row of the tile.
   static void widen(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst) {
-    if (src.dtype == DType::int8) {
-      const auto* data = static_cast<const std::int8_t*>(src.data);
-      return widen_rows<1>(src, rows, cols, dst, [&](std::int64_t r, std::int64_t c, std::int64_t n) {
-        const R x = widened(data + r * src.stride + c, n, [](const std::int8_t* p) { return V::from_i8(p); });
-        return V::mul(x, scales_at(src.scale + r * src.scale_stride, c, n, src.group));
-      });
-    }
-    const auto* data = static_cast<const std::uint16_t*>(src.data);
-    if (src.dtype == DType::bfloat16)
-      return widen_rows<2>(src, rows, cols, dst, [&](std::int64_t r, std::int64_t c, std::int64_t n) {
-        return widened(data + r * src.stride + c, n, [](const std::uint16_t* p) { return V::from_bf16(p); });
-      });
-    widen_rows<2>(src, rows, cols, dst, [&](std::int64_t r, std::int64_t c, std::int64_t n) {
-      return widened(data + r * src.stride + c, n, [](const std::uint16_t* p) { return V::from_f16(p); });
+    with_stored(src, [&](const auto& from) {
+      const std::int64_t ahead = rows_in<std::decay_t<decltype(from)>>(kKeyBytesAhead, cols);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        prefetch_source(from, r + ahead, 1, cols);
+        T* out = dst + r * cols;
+        std::int64_t c = 0;
+        for (; c + N <= cols; c += N) V::store(out + c, from.load(r, c));
+        if (c < cols) V::store_partial(out + c, from.load_partial(r, c, cols - c), cols - c);
+      }
     });
   }
 
   static constexpr BlockKernels<T> table(const char* name) {
-    using Widen = void (*)(const StoredRows&, std::int64_t, std::int64_t, T*);
-    Widen widen_step = nullptr;
-    if constexpr (std::is_same_v<T, float>) widen_step = &widen;
-    return {name,        N,           &score_tile, N / 2,          &score_rows, &block_max,
-            &exp_sum,    &scale_rows, &pv_accumulate, widen_step};
+    BlockKernels<T> t{name,        N,           &score_tile, N / 2,          &score_rows, &block_max,
+                      &exp_sum,    &scale_rows, &pv_accumulate};
+    if constexpr (std::is_same_v<T, float>) {
+      t.widen = &widen;
+      t.score_rows_stored = &score_rows_stored;
+      t.pv_accumulate_stored = &pv_accumulate_stored;
+    }
+    return t;
   }
 };
 

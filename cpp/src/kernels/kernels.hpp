@@ -30,6 +30,7 @@ struct StoredRows {
   const float* scale = nullptr;  // int8: the scales of row 0
   std::int64_t scale_stride = 0;
   std::int64_t group = 0;
+  std::int64_t cols = 0;  // elements per row
 };
 
 template <class T>
@@ -71,12 +72,21 @@ struct BlockKernels {
                         const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
                         std::int64_t acc_ld);
 
-  // The load-and-widen step of a K/V format other than T (float32 tables
-  // only; null for float64): dst[r * cols + c] = element c of row r of src
-  // as T, for r < rows and c < cols. float16 and bfloat16 widen exactly;
-  // int8 becomes data * scale, rounded once. Prefetches the rows that
-  // follow, as the decoding kernels do for rows read in place.
-  void (*widen)(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst);
+  // K/V formats other than T (float32 tables only; null for float64). Each
+  // stored element is widened in registers: float16 and bfloat16 exactly,
+  // int8 to data * scale, rounded once.
+  //
+  // widen: dst[r * cols + c] = element c of row r of src, for r < rows and
+  // c < cols; the step before the many-rows kernels, which then read dst.
+  void (*widen)(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst) = nullptr;
+  // score_rows and pv_accumulate reading stored rows straight from memory,
+  // widened as they are loaded (for few rows: decoding).
+  void (*score_rows_stored)(const T* q, std::int64_t q_ld, std::int64_t rows, const StoredRows& k,
+                            std::int64_t keys, std::int64_t E, T scale, T* st,
+                            std::int64_t st_ld) = nullptr;
+  void (*pv_accumulate_stored)(const T* pt, std::int64_t pt_ld, std::int64_t rows,
+                               std::int64_t keys, const StoredRows& v, std::int64_t Ev, T* acc,
+                               std::int64_t acc_ld) = nullptr;
 };
 
 // The table the loops use now: float32 follows the ISA chosen in
