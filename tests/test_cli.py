@@ -32,10 +32,10 @@ def read_json(path) -> dict:
 
 def test_standard_shapes():
     shapes = _bench.STANDARD_SHAPES
-    assert list(shapes) == ["prefill", "causal", "long", "decode", "decode_b8", "tiny"]
+    assert list(shapes) == ["prefill", "causal", "long", "decode", "decode_b8", "decode_long", "tiny"]
     assert shapes["prefill"].flops == 4 * 16 * 1024 * 1024 * 64
     assert shapes["causal"].flops == 4 * 32 * 2048 * 2048 * 128 / 2
-    assert shapes["decode"].is_decode and shapes["decode"].kv_bytes == 8 * 4096 * (128 + 128) * 4
+    assert shapes["decode"].is_decode and shapes["decode_long"].is_decode
     assert not shapes["tiny"].is_decode
 
 
@@ -64,6 +64,34 @@ def test_bench_json(tmp_path, capsys, no_pauses):
         assert len(timing["samples_s"]) == 2 and min(timing["samples_s"]) > 0
         assert timing["median_s"] > 0 and timing["gflops"] > 0 and timing["calls_per_run"] >= 1
         assert timing["kv_gbps"] is None  # not a decode shape
+
+
+def test_bench_decode_int8_cold(tmp_path, capsys, monkeypatch, no_pauses):
+    monkeypatch.setattr(_bench, "REFERENCE_LIMIT_S", 0.0)  # the reference would take a second on decode
+    path = tmp_path / "bench.json"
+    options = ["--shapes", "tiny", "decode", "--kv-dtype", "int8", "--cold", "--repeat", "1", "--no-torch"]
+    small = ["--flush-mib", "4", "--stream-mib", "4", "--sgemm-size", "128", "--json", str(path)]
+    assert main(["bench", *options, *small]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("stream_read 4 MiB: ") and "GB/s" in line for line in lines)
+    [header, decode_row] = [cells(line) for line in lines if line.startswith(("| shape ", "| decode "))]
+    gbps, percent = (decode_row[header.index(column)] for column in ("K+V GB/s", "% stream"))
+    assert float(gbps) > 0 and percent.endswith("%") and float(percent[:-1]) >= 0
+
+    report = read_json(path)
+    assert report["kv_dtype"] == "int8" and report["cold"] is True and report["stream"]["gbps"] > 0
+    tiny, decode = report["shapes"]
+    ours = decode["systems"]["dotattn"]
+    int8_bytes = 2 * 8 * 4096 * (128 + 128 // 32 * 4)  # K and V: data and a float32 scale per 32
+    assert decode["kv_dtype"] == "int8" and decode["kv_bytes"] == ours["kv_bytes"] == int8_bytes
+    assert ours["calls_per_run"] == 1  # cold calls are timed one by one
+    assert ours["stream_percent"] == pytest.approx(100 * ours["kv_gbps"] / report["stream"]["gbps"])
+    assert tiny["systems"]["dotattn"]["kv_gbps"] is None
+
+
+def cells(row: str) -> list[str]:
+    """The cells of a row of the bench's Markdown table."""
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
 
 
 def test_bench_sets_and_restores_isa_and_threads(tmp_path, no_pauses, restore_threads):

@@ -158,7 +158,7 @@ BAD_INPUTS = [
         replace(1, lambda k: k.astype(np.int16)),
         {},
         TypeError,
-        r"key has dtype int16; expected float32, float16, bfloat16 \(ml_dtypes\), int8 \(dotattn.QuantizedKV\)",
+        r"key has dtype int16; expected float32, float16, bfloat16 \(ml_dtypes\), int8 \(dotattn.Quan",
     ),
     (
         "key-int8-without-scales",
@@ -352,7 +352,8 @@ def test_bad_stored_key_and_value():
         (
             (q, wrong_shape, v),
             ValueError,
-            r"key scale \(2, 4, 6, 3\) does not fit key \(2, 4, 6, 8\): its last dim \(3 groups\) must divide E=8",
+            r"key scale \(2, 4, 6, 3\) does not fit key \(2, 4, 6, 8\): its last dim \(3 groups\) "
+            r"must divide E=8",
         )
     )
     wrong_shape = dotattn.quantize_kv(v)

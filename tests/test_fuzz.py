@@ -721,7 +721,11 @@ def test_invalid_arguments_raise_naming_them(problem, corruption, data):
     protected = out  # must be left as it was
     exc, pattern = ValueError, None
     if corruption == "mixed-dtypes":
-        k, exc, pattern = np.zeros(k.shape, other), TypeError, r"key has dtype float\d\d but query is float\d\d"
+        k, exc, pattern = (
+            np.zeros(k.shape, other),
+            TypeError,
+            r"key has dtype float\d\d but query is float\d\d",
+        )
     elif corruption == "int-query":
         q, exc, pattern = (
             np.zeros(q.shape, np.int32),
@@ -1014,8 +1018,10 @@ def stored_kv_problems(draw):
         else:
             x = stored(x, fmt)
         if layout == "token-major":
-            x = x.transpose(0, 2, 1, 3) if not isinstance(x, dotattn.QuantizedKV) else dotattn.QuantizedKV(
-                x.data.transpose(0, 2, 1, 3), x.scale.transpose(0, 2, 1, 3)
+            x = (
+                x.transpose(0, 2, 1, 3)
+                if not isinstance(x, dotattn.QuantizedKV)
+                else dotattn.QuantizedKV(x.data.transpose(0, 2, 1, 3), x.scale.transpose(0, 2, 1, 3))
             )
         if layout == "reversed":
             x = x[:, :, ::-1]

@@ -84,7 +84,9 @@ def test_quantisation_error(rng):
         ("outlier", 32): relative_rms_error(outliers, 32, rest),
         ("outlier", 128): relative_rms_error(outliers, 128, rest),
     }
-    print("relative RMS quantisation error:", {f"{k[0]}/group {k[1]}": f"{v:.4f}" for k, v in measured.items()})
+    print(
+        "relative RMS quantisation error:", {f"{k[0]}/group {k[1]}": f"{v:.4f}" for k, v in measured.items()}
+    )
     assert measured[("normal", 32)] < 0.006
     assert measured[("normal", 128)] < 0.007
     assert measured[("outlier", 32)] < 0.03
@@ -93,7 +95,9 @@ def test_quantisation_error(rng):
 
 def test_writes_a_token_into_a_preallocated_cache(rng):
     B, Hkv, S_max, E = 2, 4, 64, 128
-    cache = dotattn.QuantizedKV(np.zeros((B, Hkv, S_max, E), np.int8), np.zeros((B, Hkv, S_max, E // 32), np.float32))
+    cache = dotattn.QuantizedKV(
+        np.zeros((B, Hkv, S_max, E), np.int8), np.zeros((B, Hkv, S_max, E // 32), np.float32)
+    )
     tokens = rng.standard_normal((B, Hkv, 10, E)).astype(np.float32)
     for n in range(10):
         slot = cache[:, :, n : n + 1]
@@ -135,20 +139,41 @@ def good_cache():
 @pytest.mark.parametrize(
     "make, exc, pattern",
     [
-        (lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int16), np.zeros((2, 2), np.float32)), TypeError,
-         r"data has dtype int16; expected int8"),
-        (lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 2), np.float64)), TypeError,
-         r"scale has dtype float64; expected float32"),
-        (lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 3), np.float32)), ValueError,
-         r"scale \(2, 3\) does not fit data \(2, 64\): its last dim \(3 groups\) must divide E=64"),
-        (lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((3, 2), np.float32)), ValueError,
-         r"scale \(3, 2\) does not fit data \(2, 64\): expected the same shape but the last dim"),
-        (lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 2, 1), np.float32)), ValueError,
-         r"expected the same number of dims"),
-        (lambda: dotattn.QuantizedKV(np.zeros((2, 128), np.int8)[:, ::2], np.zeros((2, 2), np.float32)),
-         ValueError, r"data \(2, 64\) must have unit stride in its last dim"),
-        (lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 4), np.float32)[:, ::2]),
-         ValueError, r"scale \(2, 2\) must have unit stride in its last dim"),
+        (
+            lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int16), np.zeros((2, 2), np.float32)),
+            TypeError,
+            r"data has dtype int16; expected int8",
+        ),
+        (
+            lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 2), np.float64)),
+            TypeError,
+            r"scale has dtype float64; expected float32",
+        ),
+        (
+            lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 3), np.float32)),
+            ValueError,
+            r"scale \(2, 3\) does not fit data \(2, 64\): its last dim \(3 groups\) must divide E=64",
+        ),
+        (
+            lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((3, 2), np.float32)),
+            ValueError,
+            r"scale \(3, 2\) does not fit data \(2, 64\): expected the same shape but the last dim",
+        ),
+        (
+            lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 2, 1), np.float32)),
+            ValueError,
+            r"expected the same number of dims",
+        ),
+        (
+            lambda: dotattn.QuantizedKV(np.zeros((2, 128), np.int8)[:, ::2], np.zeros((2, 2), np.float32)),
+            ValueError,
+            r"data \(2, 64\) must have unit stride in its last dim",
+        ),
+        (
+            lambda: dotattn.QuantizedKV(np.zeros((2, 64), np.int8), np.zeros((2, 4), np.float32)[:, ::2]),
+            ValueError,
+            r"scale \(2, 2\) must have unit stride in its last dim",
+        ),
     ],
     ids=["data-dtype", "scale-dtype", "group", "scale-shape", "scale-dims", "data-stride", "scale-stride"],
 )
@@ -162,9 +187,19 @@ def test_bad_quantized_kv(make, exc, pattern):
     [
         (np.full((2, 5, 64), np.inf, np.float32), {}, ValueError, r"x holds inf or NaN"),
         (np.full((2, 5, 64), np.nan, np.float16), {}, ValueError, r"x holds inf or NaN"),
-        (np.ones((2, 5, 32), np.float32), {}, ValueError, r"out data \(2, 5, 64\) does not match x \(2, 5, 32\)"),
+        (
+            np.ones((2, 5, 32), np.float32),
+            {},
+            ValueError,
+            r"out data \(2, 5, 64\) does not match x \(2, 5, 32\)",
+        ),
         (np.ones((2, 5, 64), np.float32), {"group": 64}, ValueError, r"group=64 but out has group 32"),
-        (np.ones((2, 5, 64), np.int32), {}, TypeError, r"x has dtype int32; expected float32, float16 or bfloat16"),
+        (
+            np.ones((2, 5, 64), np.int32),
+            {},
+            TypeError,
+            r"x has dtype int32; expected float32, float16 or bfloat16",
+        ),
     ],
     ids=["inf", "nan-float16", "shape", "group", "dtype"],
 )

@@ -57,8 +57,12 @@ def _readable(x: Any, name: str, *, is_mask: bool = False, stored: bool = False)
     is_16_bit = a.dtype.name in ("float16", "bfloat16")
     if not (is_float or (is_mask and a.dtype.kind == "b") or (stored and is_16_bit)):
         if stored and a.dtype == np.int8:
-            raise TypeError(f"{name} has dtype int8 without its scales; pass dotattn.QuantizedKV(data, scale)")
-        expected = "bool or the inputs' float dtype" if is_mask else _KV_DTYPES if stored else "float32 or float64"
+            raise TypeError(
+                f"{name} has dtype int8 without its scales; pass dotattn.QuantizedKV(data, scale)"
+            )
+        expected = (
+            "bool or the inputs' float dtype" if is_mask else _KV_DTYPES if stored else "float32 or float64"
+        )
         raise TypeError(f"{name} has dtype {a.dtype}; expected {expected}")
     if _needs_copy(a, unit_last_stride=not is_mask):
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)

@@ -11,19 +11,41 @@ worker threads of that system stop spinning, so that they do not steal the
 next system's cores: 5 ms after dotattn and PyTorch (OpenMP), 0.2 s after
 NumPy (OpenBLAS spins for about 0.1 s).
 
+--kv-dtype float16|bfloat16|int8 stores dotattn's key and value in that
+format (bfloat16 as ml_dtypes.bfloat16, int8 through dotattn.quantize_kv with
+its default group, 32 where 32 divides E), converted from the float32 inputs
+once per shape, outside the timed region; PyTorch and the NumPy reference
+keep the float32 inputs.
+
+--cold evicts the last-level cache before each timed call of dotattn and
+PyTorch, as in a decoding model, whose per-layer KV caches do not stay in
+cache between one layer's calls: dotattn._core.stream_read reads a buffer of
+--flush-mib MiB (default 512, far more than an L3) on dotattn's threads,
+which, before a PyTorch call, are given 5 ms to stop spinning. Each call is
+then timed on its own, not batched into 20 ms runs. The NumPy reference is
+timed as without --cold.
+
 PyTorch is optional, never a dependency of dotattn: it is timed when
 `import torch` works. The NumPy reference computes in float64 and forms the
 whole L×S score matrix; it is timed only where one call is estimated to take
 under 2 s. NumPy's float32 4096×4096 GEMM gives the machine's rate.
 
 FLOPs = 4·B·Hq·L·S·E, halved for causal L == S. The decode shapes (L = 1)
-also report GB/s of K+V read: B·Hkv·S·(E+Ev)·4 bytes per call.
+also report the bytes of K and V per call, as each system is given them
+(dotattn's as stored: for int8 the data and its float32 scales, e.g.
+k.data.nbytes + k.scale.nbytes; PyTorch's and the reference's float32),
+those bytes over the median time in GB/s (10^9 bytes per second), and that
+rate as a percentage of the streaming read bandwidth measured in the same
+run: the median of 5 timed dotattn._core.stream_read calls over a buffer of
+--stream-mib MiB (default 1024), on dotattn's thread count, measured only
+when a decode shape is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -65,10 +87,6 @@ class Shape:
     def is_decode(self) -> bool:
         return self.L == 1
 
-    @property
-    def kv_bytes(self) -> int:
-        return self.B * self.Hkv * self.S * (self.E + self.E) * 4
-
 
 STANDARD_SHAPES = {
     shape.name: shape
@@ -78,6 +96,7 @@ STANDARD_SHAPES = {
         Shape("long", 1, 8, 8, 8192, 8192, 64, repeat=3),
         Shape("decode", 1, 32, 8, 1, 4096, 128, repeat=15),
         Shape("decode_b8", 8, 32, 8, 1, 2048, 128),
+        Shape("decode_long", 1, 32, 8, 1, 16384, 128),
         Shape("tiny", 1, 1, 1, 16, 16, 64, repeat=15),
     ]
 }
@@ -96,6 +115,11 @@ MAX_CALLS = 10_000
 OPENMP_PAUSE_S = 0.005  # pauses after a run, see the docstring
 OPENBLAS_PAUSE_S = 0.2
 PAUSE_S = {"dotattn": OPENMP_PAUSE_S, "torch": OPENMP_PAUSE_S, "numpy_ref": OPENBLAS_PAUSE_S}
+KV_DTYPES = ["float32", "float16", "bfloat16", "int8"]
+COLD_SYSTEMS = {"dotattn", "torch"}  # the ones --cold evicts the cache for
+FLUSH_MIB = 512
+STREAM_MIB = 1024
+STREAM_RUNS = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +147,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timed runs per shape and system (default: per shape, from 3 for long and causal to 15)",
     )
     parser.add_argument("--isa", metavar="NAME", help="run dotattn with this kernel set (dotattn.set_isa)")
+    parser.add_argument(
+        "--kv-dtype",
+        choices=KV_DTYPES,
+        default="float32",
+        help="store dotattn's key and value in this format (default float32; bfloat16 needs ml_dtypes, "
+        "int8 is dotattn.quantize_kv's); torch and the reference keep float32",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the last-level cache (read --flush-mib MiB) before each timed dotattn and torch call",
+    )
+    parser.add_argument(
+        "--flush-mib",
+        type=int,
+        default=FLUSH_MIB,
+        metavar="MIB",
+        help=f"size of the buffer --cold reads; far more than the L3 (default {FLUSH_MIB})",
+    )
+    parser.add_argument(
+        "--stream-mib",
+        type=int,
+        default=STREAM_MIB,
+        metavar="MIB",
+        help=f"size of the buffer that gives the streaming read bandwidth; far more than the L3 "
+        f"(default {STREAM_MIB})",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the machine, settings and all samples to FILE")
     parser.add_argument(
         "--plot",
@@ -151,7 +202,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Runs the benchmark that `args` asks for. The thread counts of dotattn
     and torch and dotattn's ISA are restored afterwards."""
     threads, repeat = getattr(args, "threads", None), getattr(args, "repeat", None)
-    for option, value in [("--threads", threads), ("--repeat", repeat), ("--sgemm-size", args.sgemm_size)]:
+    counts = [("--threads", threads), ("--repeat", repeat), ("--sgemm-size", args.sgemm_size)]
+    for option, value in [*counts, ("--flush-mib", args.flush_mib), ("--stream-mib", args.stream_mib)]:
         if value is not None and value < 1:
             parser.error(f"{option} needs a positive integer, got {value}")
     if min(args.sweep) < 1:
@@ -161,6 +213,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error('--plot needs matplotlib: pip install "dotattn[bench]" (or pip install matplotlib)')
+    if args.kv_dtype == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
+        parser.error("--kv-dtype bfloat16 needs ml_dtypes: pip install ml_dtypes")
     torch = None if args.no_torch else _import_torch()
 
     threads_before, isa_before = dotattn.get_num_threads(), dotattn.get_isa()
@@ -190,19 +244,27 @@ def _benchmark(args: argparse.Namespace, repeat: int | None, threads: int, torch
     print(f"cpu: {machine['cpu']}, {machine['cores']} cores; threads: {threads}")
     print(f"numpy {np.__version__}; torch {torch.__version__ if torch else 'not timed'}", flush=True)
     sgemm = measure_sgemm(args.sgemm_size)
-    print(f"numpy sgemm {args.sgemm_size}: {sgemm['gflops']:.1f} GFLOP/s\n", flush=True)
-
+    print(f"numpy sgemm {args.sgemm_size}: {sgemm['gflops']:.1f} GFLOP/s", flush=True)
     shapes = [STANDARD_SHAPES[name] for name in dict.fromkeys(args.shapes)]  # as given, once each
-    results = time_shapes(shapes, repeat, torch, sgemm["gflops"])
+    stream = measure_stream(args.stream_mib) if any(shape.is_decode for shape in shapes) else None
+    if stream:
+        print(f"stream_read {stream['mib']} MiB: {stream['gbps']:.2f} GB/s on {threads} threads", flush=True)
+    cache = f"cache evicted ({args.flush_mib} MiB read) before each call" if args.cold else "warm cache"
+    print(f"dotattn K/V stored as {args.kv_dtype}; {cache}\n", flush=True)
+
+    evict = cache_evictor(args.flush_mib) if args.cold else None
+    bandwidth = stream["gbps"] if stream else None
+    results = time_shapes(shapes, repeat, torch, args.kv_dtype, evict, sgemm["gflops"], bandwidth)
 
     sweep = None
     if args.plot:
         heads = SWEEP_HEADS
         print(f"\nSweep for --plot, B,Hq,Hkv,E = {heads['B']},{heads['Hq']},{heads['Hkv']},{heads['E']}:")
-        sweep = time_shapes(sweep_shapes(args.sweep), repeat, torch, sgemm["gflops"])
+        sweep = time_shapes(sweep_shapes(args.sweep), repeat, torch, args.kv_dtype, evict, sgemm["gflops"])
         title = (
             f"dotattn {dotattn.__version__} ({dotattn.get_isa()}), {threads} threads, {machine['cpu']}\n"
-            f"float32, B={heads['B']}, Hq=Hkv={heads['Hq']}, E={heads['E']}, L = S"
+            f"float32 (dotattn's K/V {args.kv_dtype}{', cold' if args.cold else ''}), "
+            f"B={heads['B']}, Hq=Hkv={heads['Hq']}, E={heads['E']}, L = S"
         )
         plot(sweep, sgemm["gflops"], title, args.plot)
         print(f"\nwrote {args.plot}")
@@ -220,6 +282,9 @@ def _benchmark(args: argparse.Namespace, repeat: int | None, threads: int, torch
             "numpy": np.__version__,
             "torch": torch.__version__ if torch else None,
             "sgemm": sgemm,
+            "kv_dtype": args.kv_dtype,
+            "cold": args.cold,
+            "stream": stream,
             "shapes": results,
             "sweep": sweep,
         }
@@ -283,6 +348,30 @@ def measure_sgemm(n: int, runs: int = 3) -> dict[str, Any]:
     return {"n": n, "gflops": 2 * n**3 / median / 1e9, "median_s": median, "samples_s": samples}
 
 
+def measure_stream(mib: int, runs: int = STREAM_RUNS) -> dict[str, Any]:
+    """The streaming read bandwidth of dotattn._core.stream_read over a
+    buffer of `mib` MiB, on dotattn's thread count: one warm-up, then the
+    median of `runs`."""
+    buffer = pages_written(mib)
+    dotattn._core.stream_read(buffer)  # warm-up
+    samples = [seconds(lambda: dotattn._core.stream_read(buffer)) for _ in range(runs)]
+    median = statistics.median(samples)
+    return {"mib": mib, "gbps": buffer.nbytes / median / 1e9, "median_s": median, "samples_s": samples}
+
+
+def cache_evictor(mib: int) -> Callable[[], Any]:
+    """--cold: a function that evicts the cache by reading `mib` MiB."""
+    buffer = pages_written(mib)
+    return lambda: dotattn._core.stream_read(buffer)
+
+
+def pages_written(mib: int) -> np.ndarray:
+    """A buffer of `mib` MiB whose every page is written, and so its own: the
+    untouched pages of np.zeros would all map the kernel's one zero page,
+    whose reads hit the cache."""
+    return np.ones(mib * 2**20 // 8, dtype=np.uint64)
+
+
 def sweep_shapes(lengths: list[int]) -> list[Shape]:
     """The --plot sweep: the prefill heads at L = S, without and with the causal mask."""
     shapes = []
@@ -293,29 +382,47 @@ def sweep_shapes(lengths: list[int]) -> list[Shape]:
     return shapes
 
 
-def time_shapes(shapes: list[Shape], repeat: int | None, torch: Any, sgemm_gflops: float) -> list[dict]:
+def time_shapes(
+    shapes: list[Shape],
+    repeat: int | None,
+    torch: Any,
+    kv_dtype: str,
+    evict: Callable[[], Any] | None,
+    sgemm_gflops: float,
+    stream_gbps: float | None = None,
+) -> list[dict]:
     """Times each shape (`repeat` runs, else the shape's own), printing its
-    row of the table as soon as it is done."""
+    row of the table as soon as it is done. `evict`: --cold's, or None."""
     table = Table(shapes, sgemm_gflops)
     results = []
     for shape in shapes:
-        results.append(time_shape(shape, repeat or shape.repeat, torch))
+        results.append(time_shape(shape, repeat or shape.repeat, torch, kv_dtype, evict, stream_gbps))
         table.row(shape, results[-1])
     return results
 
 
-def time_shape(shape: Shape, repeat: int, torch: Any) -> dict[str, Any]:
+def time_shape(
+    shape: Shape,
+    repeat: int,
+    torch: Any,
+    kv_dtype: str,
+    evict: Callable[[], Any] | None,
+    stream_gbps: float | None,
+) -> dict[str, Any]:
     """Times every system on one shape. Returns the shape and, per system,
     its median, samples and rates, or why it was skipped."""
     rng = np.random.default_rng(0)
     q = rng.standard_normal((shape.B, shape.Hq, shape.L, shape.E), dtype=np.float32)
     k = rng.standard_normal((shape.B, shape.Hkv, shape.S, shape.E), dtype=np.float32)
     v = rng.standard_normal((shape.B, shape.Hkv, shape.S, shape.E), dtype=np.float32)
+    k_stored, v_stored = stored_as(k, kv_dtype), stored_as(v, kv_dtype)
+    kv_bytes = dict.fromkeys(SYSTEMS, k.nbytes + v.nbytes)  # torch and the reference read float32
+    kv_bytes["dotattn"] = stored_bytes(k_stored) + stored_bytes(v_stored)
 
     calls: dict[str, Callable[[], Any]] = {}
     skipped: dict[str, str] = {}
     runs = dict.fromkeys(SYSTEMS, repeat)
-    calls["dotattn"] = lambda: dotattn.attention(q, k, v, is_causal=shape.causal)
+    calls["dotattn"] = lambda: dotattn.attention(q, k_stored, v_stored, is_causal=shape.causal)
     if torch is None:
         skipped["torch"] = "not timed: torch is not installed, or --no-torch"
     else:
@@ -330,15 +437,24 @@ def time_shape(shape: Shape, repeat: int, torch: Any) -> dict[str, Any]:
         calls["numpy_ref"] = lambda: reference.attention(q, k, v, is_causal=shape.causal)
         runs["numpy_ref"] = max(1, min(repeat, int(REFERENCE_BUDGET_S / max(estimate, 1e-9))))
 
+    cold = {system for system in calls if evict and system in COLD_SYSTEMS}
     calls_per_run = {}
     for system, fn in calls.items():
-        calls_per_run[system] = warm_up(fn)
+        if system in cold:
+            fn()  # the warm-up; a cold call is timed on its own
+            calls_per_run[system] = 1
+        else:
+            calls_per_run[system] = warm_up(fn)
         time.sleep(PAUSE_S[system])
 
     samples: dict[str, list[float]] = {system: [] for system in calls}
     for round_ in range(repeat):  # alternating, so that all see the same machine state
         for system, fn in calls.items():
             if round_ < runs[system]:
+                if system in cold:
+                    evict()
+                    if system != "dotattn":  # dotattn's threads read the buffer: let them stop spinning
+                        time.sleep(OPENMP_PAUSE_S)
                 samples[system].append(seconds(fn, calls_per_run[system]))
                 time.sleep(PAUSE_S[system])
 
@@ -348,10 +464,13 @@ def time_shape(shape: Shape, repeat: int, torch: Any) -> dict[str, Any]:
             systems[system] = {"skipped": skipped[system]}
             continue
         median = statistics.median(samples[system])
+        kv_gbps = kv_bytes[system] / median / 1e9 if shape.is_decode else None
         systems[system] = {
             "median_s": median,
             "gflops": shape.flops / median / 1e9,
-            "kv_gbps": shape.kv_bytes / median / 1e9 if shape.is_decode else None,
+            "kv_bytes": kv_bytes[system],
+            "kv_gbps": kv_gbps,
+            "stream_percent": 100 * kv_gbps / stream_gbps if kv_gbps is not None and stream_gbps else None,
             "calls_per_run": calls_per_run[system],
             "samples_s": samples[system],
         }
@@ -366,9 +485,26 @@ def time_shape(shape: Shape, repeat: int, torch: Any) -> dict[str, Any]:
         "Ev": shape.E,
         "causal": shape.causal,
         "flops": shape.flops,
-        "kv_bytes": shape.kv_bytes,
+        "kv_dtype": kv_dtype,
+        "kv_bytes": kv_bytes["dotattn"],
         "systems": systems,
     }
+
+
+def stored_as(x: np.ndarray, kv_dtype: str) -> Any:
+    """The float32 key or value x in dotattn's K/V storage format kv_dtype."""
+    if kv_dtype == "int8":
+        return dotattn.quantize_kv(x)
+    if kv_dtype == "bfloat16":
+        import ml_dtypes
+
+        return x.astype(ml_dtypes.bfloat16)
+    return x.astype(kv_dtype, copy=False)
+
+
+def stored_bytes(x: Any) -> int:
+    """The bytes a key or value takes as stored: an int8 QuantizedKV's data and scales."""
+    return x.data.nbytes + x.scale.nbytes if isinstance(x, dotattn.QuantizedKV) else x.nbytes
 
 
 def warm_up(fn: Callable[[], Any]) -> int:
@@ -404,7 +540,9 @@ class Table:
         "dotattn ms",
         "GFLOP/s",
         "% sgemm",
+        "K+V MB",
         "K+V GB/s",
+        "% stream",
         "torch ms",
         "vs torch",
         "numpy ref ms",
@@ -428,7 +566,9 @@ class Table:
                 f"{ours['median_s'] * 1e3:.3f}",
                 f"{ours['gflops']:.1f}",
                 f"{100 * ours['gflops'] / self.sgemm_gflops:.0f}%",
+                f"{ours['kv_bytes'] / 1e6:.1f}" if shape.is_decode else "",
                 f"{ours['kv_gbps']:.2f}" if shape.is_decode else "",
+                f"{ours['stream_percent']:.0f}%" if shape.is_decode else "",
                 _milliseconds(torch),
                 _speed_ratio(ours, torch),
                 _milliseconds(ref),

@@ -78,7 +78,9 @@ class QuantizedKV:
         return f"QuantizedKV(shape={self.shape}, group={self.group})"
 
 
-def quantize_kv(x: Any, dtype: str = "int8", group: int | None = None, out: QuantizedKV | None = None) -> QuantizedKV:
+def quantize_kv(
+    x: Any, dtype: str = "int8", group: int | None = None, out: QuantizedKV | None = None
+) -> QuantizedKV:
     """Quantise ``x`` (..., E) to a :class:`QuantizedKV`: symmetric int8 by
     groups of ``group`` consecutive elements of the last dim.
 
