@@ -56,7 +56,7 @@ step "Compile flags: ISA flags only on the kernels of that ISA"
 import json, re, shlex, sys
 
 allowed = {  # the files compiled with an ISA's flags, and those flags
-    "kernels/avx2.cpp": {"-mavx2", "-mfma"},
+    "kernels/avx2.cpp": {"-mavx2", "-mfma", "-mf16c"},
     "kernels/avx512.cpp": {"-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"},
 }
 isa_flag = re.compile(r"-m(arch|tune|cpu|avx|fma|sse|ssse|bmi|f16c|popcnt|lzcnt|aes|pclmul|vpclmul|gfni|sha)")

@@ -26,6 +26,10 @@ inline std::int64_t stored_size(DType dtype) {
   return 4;
 }
 
+// Whether keys or values stored so are widened for a call computing in
+// `computed`: whether it needs the scratch for them.
+inline bool widens(const Storage& storage, DType computed) { return storage.dtype != computed; }
+
 template <class T>
 class OperandRows {
  public:
@@ -37,7 +41,7 @@ class OperandRows {
   // Rows of head `head` in batch b of an operand with `cols` columns.
   OperandRows(const Problem& p, const Layout& rows, const Storage& storage, std::int64_t b,
               std::int64_t head, std::int64_t cols, const kernels::BlockKernels<T>& kern)
-      : kern_(kern), cols_(cols), widens_(storage.dtype != dtype_of<T>::value) {
+      : kern_(kern), cols_(cols), widens_(detail::widens(storage, dtype_of<T>::value)) {
     const std::int64_t first = batch_offset(p, rows, b) + head * rows.head;
     stored_.dtype = storage.dtype;
     stored_.data = static_cast<const char*>(rows.data) + first * stored_size(storage.dtype);
@@ -76,8 +80,5 @@ class OperandRows {
   bool widens_;
   kernels::StoredRows stored_;
 };
-
-// Whether a call widens its keys or values: the scratch it needs.
-inline bool widens(const Storage& storage, DType computed) { return storage.dtype != computed; }
 
 }  // namespace dotattn::detail

@@ -21,9 +21,6 @@
 
 #include "kernels/kernels.hpp"
 
-
-
-
 namespace dotattn::kernels {
 
 // Calls f(std::integral_constant<int, n>) for a run-time n in [1, Max]: the
@@ -137,7 +134,9 @@ struct BlockKernelsFor {
   // registers as they are loaded, so that the rows stream from memory with
   // the same prefetching as T's and no scratch pass stands between memory
   // and the arithmetic. Both give load(j, c) (N elements of row j from
-  // column c), load_partial(j, c, lanes) and the byte address of a row.
+  // column c), load_partial(j, c, lanes) and the byte address of a row;
+  // a Stored int8 source with kRowScale or kPanelScale also gives its rows
+  // unscaled and the scale that the kernel applies once instead.
   struct Plain {
     const T* data;
     std::int64_t stride;
@@ -148,11 +147,6 @@ struct BlockKernelsFor {
     R load_partial(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
       return V::load_partial(data + j * stride + c, lanes);
     }
-    R load_unscaled(std::int64_t j, std::int64_t c) const { return load(j, c); }
-    R load_partial_unscaled(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
-      return load_partial(j, c, lanes);
-    }
-    T panel_scale(std::int64_t, std::int64_t) const { return T(1); }
     const char* row(std::int64_t j) const {
       return reinterpret_cast<const char*>(data + j * stride);
     }
@@ -328,7 +322,9 @@ struct BlockKernelsFor {
   static void score_rows_stored(const T* q, std::int64_t q_ld, std::int64_t rows,
                                 const StoredRows& k, std::int64_t keys, std::int64_t E, T scale,
                                 T* st, std::int64_t st_ld) {
-    with_stored(k, [&](const auto& src) { score_source_rows(q, q_ld, rows, src, keys, E, scale, st, st_ld); });
+    with_stored(k, [&](const auto& src) {
+      score_source_rows(q, q_ld, rows, src, keys, E, scale, st, st_ld);
+    });
   }
 
   static void block_max(const T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows,
@@ -483,7 +479,9 @@ struct BlockKernelsFor {
   static void pv_accumulate_stored(const T* pt, std::int64_t pt_ld, std::int64_t rows,
                                    std::int64_t keys, const StoredRows& v, std::int64_t Ev, T* acc,
                                    std::int64_t acc_ld) {
-    with_stored(v, [&](const auto& src) { pv_source(pt, pt_ld, rows, keys, src, Ev, acc, acc_ld); });
+    with_stored(v, [&](const auto& src) {
+      pv_source(pt, pt_ld, rows, keys, src, Ev, acc, acc_ld);
+    });
   }
 
   // The widen step for the many-rows kernels: each block of rows is
