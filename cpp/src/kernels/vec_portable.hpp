@@ -57,17 +57,21 @@ struct VecPortable {
     for (std::int64_t i = 1; i < N; ++i) sum += x[i];
     return sum;
   }
-  // The stored formats, widened one element at a time: float16 by its bit
-  // fields (no F16C at the baseline), bfloat16 as the high half of a float.
+  // The stored formats, widened one element at a time: float16 by moving
+  // its exponent and mantissa into a float's place and rebiasing the
+  // exponent by a multiplication by 2^112, exact for normal and subnormal
+  // values alike, with no branch (no F16C at the baseline); bfloat16 as the
+  // high half of a float.
   static T f16_value(std::uint16_t h) {
-    const std::uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
-    if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float32
-      const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
-      return static_cast<T>(sign ? -magnitude : magnitude);
-    }
-    const std::uint32_t bits = exponent == 31 ? sign | 0x7f800000u | (mantissa << 13)
-                                              : sign | ((exponent + 112) << 23) | (mantissa << 13);
-    return static_cast<T>(bits_as_float(bits));
+    const std::uint32_t sign = (h & 0x8000u) << 16, rest = (h & 0x7fffu) << 13;
+    const std::uint32_t inf_or_nan = rest >= 0x0f800000u ? 0x7f800000u : 0u;
+    const float magnitude = inf_or_nan ? bits_as_float(rest | inf_or_nan) : bits_as_float(rest) * 0x1p112f;
+    return static_cast<T>(bits_as_float(float_bits(magnitude) | sign));
+  }
+  static std::uint32_t float_bits(float x) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return bits;
   }
   static float bits_as_float(std::uint32_t bits) {
     float x;
