@@ -153,13 +153,8 @@ class StoredKv {
     scale_shape.back() /= kInt8Group;
     int8_.resize(values.size());
     scale_.resize(values.size() / kInt8Group);
-    dotattn::QuantizedOutput out;
-    out.data = int8_.data();
-    out.strides = dotattn::contiguous_strides(shape);
-    out.scale = scale_.data();
-    out.scale_shape = scale_shape;
-    out.scale_strides = dotattn::contiguous_strides(scale_shape);
-    dotattn::quantize_int8(dotattn::view(values.data(), shape), out);
+    dotattn::quantize_int8(dotattn::view(values.data(), shape),
+                           dotattn::quantized_output(int8_.data(), shape, scale_.data(), kInt8Group));
     return dotattn::quantized_view(int8_.data(), shape, {}, scale_.data(), scale_shape);
   }
 

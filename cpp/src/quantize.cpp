@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "dotattn/dotattn.hpp"
@@ -75,6 +76,22 @@ TensorView quantized_view(const std::int8_t* data, Dims shape, Dims strides, con
 
 std::int64_t quantization_group(const TensorView& quantized) {
   return detail::checked_quantized(quantized);
+}
+
+QuantizedOutput quantized_output(std::int8_t* data, const Dims& shape, float* scale,
+                                 std::int64_t group) {
+  const std::int64_t E = shape.empty() ? 0 : shape.back();
+  if (group <= 0 || (E > 0 && E % group != 0))
+    throw argument_error("quantized_output: group=" + std::to_string(group) +
+                         " must be positive and divide E=" + std::to_string(E));
+  QuantizedOutput out;
+  out.data = data;
+  out.strides = contiguous_strides(shape);
+  out.scale = scale;
+  out.scale_shape = shape;
+  if (!shape.empty()) out.scale_shape.back() = E / group;
+  out.scale_strides = contiguous_strides(out.scale_shape);
+  return out;
 }
 
 void quantize_int8(const TensorView& x, const QuantizedOutput& out) {

@@ -54,15 +54,8 @@ struct Quantized {
 
   Quantized(const std::vector<float>& x, const Dims& shape, std::int64_t group)
       : data(x.size()), scale(x.size() / static_cast<std::size_t>(group)), values(x.size()) {
-    Dims scale_shape = shape;
-    scale_shape.back() /= group;
-    dotattn::QuantizedOutput out;
-    out.data = data.data();
-    out.strides = dotattn::contiguous_strides(shape);
-    out.scale = scale.data();
-    out.scale_shape = scale_shape;
-    out.scale_strides = dotattn::contiguous_strides(scale_shape);
-    dotattn::quantize_int8(dotattn::view(x.data(), shape), out);
+    dotattn::quantize_int8(dotattn::view(x.data(), shape),
+                           dotattn::quantized_output(data.data(), shape, scale.data(), group));
     for (std::size_t i = 0; i < x.size(); ++i)
       values[i] = double(data[i]) * double(scale[i / static_cast<std::size_t>(group)]);
   }
@@ -155,6 +148,10 @@ TEST(formats, bad_input) {
   expect_error<dotattn::argument_error>(
       [&] { dotattn::quantize_int8(dotattn::view(x.data(), {1, 64}), out); }, {"x holds inf or NaN"});
   CHECK(data[0] == 3 && scale[0] == 9.0f);
+
+  expect_error<dotattn::argument_error>(
+      [&] { dotattn::quantized_output(data.data(), {1, 64}, scale.data(), 3); },
+      {"quantized_output: group=3 must be positive and divide E=64"});
 
   const std::vector<float> q(64, 1.0f);
   std::vector<float> result(64, 7.0f);

@@ -67,10 +67,9 @@ int main() {
     dotattn::attention(q, k, dotattn::view(value.data(), {S, Ev}),
                        dotattn::output(result.data(), {L, Ev}), options);
 
-    dotattn::QuantizedOutput k8{key_data.data(), {E, 1}, key_scale.data(), {S, 1}, {1, 1}};
-    dotattn::QuantizedOutput v8{value_data.data(), {Ev, 1}, value_scale.data(), {S, 1}, {1, 1}};
-    dotattn::quantize_int8(k, k8);
-    dotattn::quantize_int8(dotattn::view(value.data(), {S, Ev}), v8);
+    dotattn::quantize_int8(k, dotattn::quantized_output(key_data.data(), {S, E}, key_scale.data(), E));
+    dotattn::quantize_int8(dotattn::view(value.data(), {S, Ev}),
+                           dotattn::quantized_output(value_data.data(), {S, Ev}, value_scale.data(), Ev));
     // Token 3's query against all four cached tokens (lower_right: the one
     // query row is the last position).
     dotattn::Options decode;

@@ -109,6 +109,12 @@ struct QuantizedOutput {
   Dims scale_strides;
 };
 
+// The QuantizedOutput of C-contiguous buffers: data of `shape`, scale of
+// `shape` with its last dim E / group. Throws argument_error unless group
+// is positive and divides E.
+QuantizedOutput quantized_output(std::int8_t* data, const Dims& shape, float* scale,
+                                 std::int64_t group);
+
 // Symmetric int8 quantisation of x (float32, float16 or bfloat16, shape
 // (..., E), unit stride in the last dim) by groups of E / scale_shape.back()
 // consecutive elements: scale = max|x| / 127 over the group (in float32; 0
