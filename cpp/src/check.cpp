@@ -115,6 +115,10 @@ Extent extent_of(const char* name, const TensorView& t) {
   return extent_of(name, t.data, t.dtype, t.shape, t.strides);
 }
 
+Extent extent_of(const char* name, const ScaleView& t) {
+  return extent_of(name, t.data, DType::float32, t.shape, t.strides);
+}
+
 Extent extent_of(const char* name, const OutputView& t) {
   return extent_of(name, t.data, t.dtype, t.shape, contiguous_strides(t.shape));
 }
@@ -334,12 +338,9 @@ void check_no_overlap(const char* name, const Extent& written, const TensorView&
   };
   refuse_if("query", extent_of("query", q));
   refuse_if("key", extent_of("key", k));
-  if (k.scale) refuse_if("key's scales", extent_of("key scale", k.scale->data, DType::float32,
-                                                   k.scale->shape, k.scale->strides));
+  if (k.scale) refuse_if("key's scales", extent_of("key scale", *k.scale));
   if (v) refuse_if("value", extent_of("value", *v));
-  if (v && v->scale)
-    refuse_if("value's scales", extent_of("value scale", v->scale->data, DType::float32,
-                                          v->scale->shape, v->scale->strides));
+  if (v && v->scale) refuse_if("value's scales", extent_of("value scale", *v->scale));
   if (options.mask) refuse_if("attn_mask", extent_of("attn_mask", *options.mask));
 }
 
@@ -369,10 +370,8 @@ QuantizePlan check_quantize(const TensorView& x, const QuantizedOutput& out) {
   QuantizePlan plan;
   plan.group = checked_group("out data", "out scale", data);
 
-  // x must be finite: a scale computed from inf or NaN quantises nothing.
   const Extent written = extent_of("out data", data);
-  const Extent scales = extent_of("out scale", out.scale, DType::float32, out.scale_shape,
-                                  out.scale_strides);
+  const Extent scales = extent_of("out scale", *data.scale);
   const Extent read = extent_of("x", x);
   if (written.overlaps(read) || scales.overlaps(read))
     throw argument_error("out overlaps x; an output must not share memory with an input");

@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <string>
 #include <vector>
 
 #include "dotattn/dotattn.hpp"
 #include "kernels/kernels.hpp"
+#include "online_softmax.hpp"
 #include "operand_rows.hpp"
 #include "problem.hpp"
 #include "threading.hpp"
@@ -39,12 +39,6 @@ const float* row_of(const TensorView& x, std::int64_t r, float* buffer) {
   from.cols = x.shape.back();
   kernels::selected<float>().widen(from, 1, x.shape.back(), buffer);
   return buffer;
-}
-
-bool finite_row(const float* x, std::int64_t n) {
-  bool finite = true;
-  for (std::int64_t i = 0; i < n; ++i) finite &= std::abs(x[i]) <= std::numeric_limits<float>::max();
-  return finite;
 }
 
 // scale = max|x| / 127; a zero group (or one so small that its scale
@@ -100,11 +94,13 @@ void quantize_int8(const TensorView& x, const QuantizedOutput& out) {
   const std::int64_t items = detail::ceil_div(plan.rows, kRowsPerItem);
   const auto make_buffer = [&] { return std::vector<float>(static_cast<std::size_t>(E)); };
 
+  // x must be finite, checked before anything is written: a scale computed
+  // from inf or NaN quantises nothing.
   std::vector<char> finite(static_cast<std::size_t>(items), 1);
   detail::for_each_item(items, make_buffer, [&](std::int64_t item, std::vector<float>& buffer) {
     const std::int64_t end = std::min(plan.rows, (item + 1) * kRowsPerItem);
     for (std::int64_t r = item * kRowsPerItem; r < end; ++r)
-      if (!finite_row(row_of(x, r, buffer.data()), E)) finite[static_cast<std::size_t>(item)] = 0;
+      if (!detail::all_finite(row_of(x, r, buffer.data()), E)) finite[static_cast<std::size_t>(item)] = 0;
   });
   if (std::find(finite.begin(), finite.end(), 0) != finite.end())
     throw argument_error("x holds inf or NaN; only finite values can be quantized");
