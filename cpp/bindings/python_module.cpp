@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dotattn/dotattn.hpp"
@@ -24,12 +25,14 @@ dotattn::DType dtype_of(const py::array& a, const char* name) {
   if (dt.equal(py::dtype::of<bool>())) return dotattn::DType::boolean;
   if (dt.equal(py::dtype("float16"))) return dotattn::DType::float16;
   if (dt.equal(py::dtype::of<std::int8_t>())) return dotattn::DType::int8;
+  if (dt.equal(py::dtype::of<std::int32_t>())) return dotattn::DType::int32;
+  if (dt.equal(py::dtype::of<std::int64_t>())) return dotattn::DType::int64;
   // ml_dtypes.bfloat16, recognised by name: ml_dtypes is not a dependency.
   if (dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16")
     return dotattn::DType::bfloat16;
   throw dotattn::dtype_error(std::string(name) + " has dtype " + py::str(dt).cast<std::string>() +
-                             "; expected float32, float64, float16, bfloat16, int8 or bool in "
-                             "native byte order");
+                             "; expected float32, float64, float16, bfloat16, int8, int32, "
+                             "int64 or bool in native byte order");
 }
 
 // "name (2, 3)", as the core's messages name an argument.
@@ -101,12 +104,23 @@ py::array empty_like_result(const py::array& query, const dotattn::Dims& shape) 
   return py::array(query.dtype(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
+// The options after scale, as the Python layer passes them.
+struct ScoreOptions {
+  std::optional<std::pair<std::int64_t, std::int64_t>> window;
+  std::optional<double> softcap;
+  std::optional<py::array> alibi_slopes, sinks;
+};
+
 dotattn::Options make_options(const std::optional<py::array>& mask, dotattn::Causal causal,
-                              std::optional<double> scale) {
+                              std::optional<double> scale, const ScoreOptions& more) {
   dotattn::Options options;
   if (mask) options.mask = input_view(*mask, "attn_mask");
   options.causal = causal;
   options.scale = scale;
+  if (more.window) options.window = dotattn::Window{more.window->first, more.window->second};
+  options.softcap = more.softcap;
+  if (more.alibi_slopes) options.alibi_slopes = input_view(*more.alibi_slopes, "alibi_slopes");
+  if (more.sinks) options.sinks = input_view(*more.sinks, "sinks");
   return options;
 }
 
@@ -114,11 +128,12 @@ py::tuple attention(const py::array& query, const py::array& key, const py::arra
                     const std::optional<py::array>& key_scale,
                     const std::optional<py::array>& value_scale,
                     const std::optional<py::array>& mask, dotattn::Causal causal,
-                    std::optional<double> scale, std::optional<py::array> out, bool return_lse) {
+                    std::optional<double> scale, const ScoreOptions& more,
+                    std::optional<py::array> out, bool return_lse) {
   const dotattn::TensorView q = input_view(query, "query");
   const dotattn::TensorView k = stored_view(key, key_scale, "key");
   const dotattn::TensorView v = stored_view(value, value_scale, "value");
-  dotattn::Options options = make_options(mask, causal, scale);
+  dotattn::Options options = make_options(mask, causal, scale, more);
   const dotattn::Dims shape = dotattn::attention_shape(q, k, v, options);
 
   py::array result = out ? *out : empty_like_result(query, shape);
@@ -139,10 +154,10 @@ py::tuple attention(const py::array& query, const py::array& key, const py::arra
 py::array attention_weights(const py::array& query, const py::array& key,
                             const std::optional<py::array>& key_scale,
                             const std::optional<py::array>& mask, dotattn::Causal causal,
-                            std::optional<double> scale) {
+                            std::optional<double> scale, const ScoreOptions& more) {
   const dotattn::TensorView q = input_view(query, "query");
   const dotattn::TensorView k = stored_view(key, key_scale, "key");
-  const dotattn::Options options = make_options(mask, causal, scale);
+  const dotattn::Options options = make_options(mask, causal, scale, more);
   py::array weights = empty_like_result(query, dotattn::attention_weights_shape(q, k, options));
   const dotattn::OutputView w = output_view(weights, "weights");
   {
@@ -150,6 +165,98 @@ py::array attention_weights(const py::array& query, const py::array& key,
     dotattn::attention_weights(q, k, w, options);
   }
   return weights;
+}
+
+// (total_q, Hq, Ev) for a packed call whose query and value have the dims
+// it takes; otherwise nothing, and the core's checks name what is wrong.
+dotattn::Dims packed_result_shape(const py::array& query, const py::array& value, py::ssize_t value_dims) {
+  if (query.ndim() != 3 || value.ndim() != value_dims) return {0};
+  return {query.shape(0), query.shape(1), value.shape(value_dims - 1)};
+}
+
+// The result and LSE arrays of a packed call, and the options pointing at the LSE.
+py::tuple packed_outputs(const py::array& query, const dotattn::Dims& shape,
+                         std::optional<py::array> out, bool return_lse, dotattn::Options& options,
+                         py::array& result) {
+  result = out ? *out : empty_like_result(query, shape);
+  py::object lse = py::none();
+  if (return_lse) {
+    py::array lse_array = empty_like_result(
+        query, shape.size() == 3 ? dotattn::Dims{shape[1], shape[0]} : dotattn::Dims{0});
+    options.lse = output_view(lse_array, "lse");
+    lse = lse_array;
+  }
+  return py::make_tuple(result, lse);
+}
+
+py::tuple attention_varlen(const py::array& query, const py::array& key, const py::array& value,
+                           const std::optional<py::array>& key_scale,
+                           const std::optional<py::array>& value_scale,
+                           const py::array& cu_seqlens_q, const py::array& cu_seqlens_k,
+                           dotattn::Causal causal, std::optional<double> scale,
+                           const ScoreOptions& more, std::optional<py::array> out, bool return_lse) {
+  const dotattn::TensorView q = input_view(query, "query");
+  const dotattn::TensorView k = stored_view(key, key_scale, "key");
+  const dotattn::TensorView v = stored_view(value, value_scale, "value");
+  const dotattn::TensorView cq = input_view(cu_seqlens_q, "cu_seqlens_q");
+  const dotattn::TensorView ck = input_view(cu_seqlens_k, "cu_seqlens_k");
+  dotattn::Options options = make_options(std::nullopt, causal, scale, more);
+  py::array result;
+  py::tuple results = packed_outputs(query, packed_result_shape(query, value, 3), out, return_lse,
+                                     options, result);
+  const dotattn::OutputView o = output_view(result, "out");
+  {
+    py::gil_scoped_release unlocked;
+    dotattn::attention_varlen(q, k, v, cq, ck, o, options);
+  }
+  return results;
+}
+
+py::tuple attention_paged(const py::array& query, const py::array& cu_seqlens_q,
+                          const py::array& key_cache, const py::array& value_cache,
+                          const std::optional<py::array>& key_scale,
+                          const std::optional<py::array>& value_scale,
+                          const py::array& block_table, const py::array& seq_lens_k,
+                          dotattn::Causal causal, std::optional<double> scale,
+                          const ScoreOptions& more, std::optional<py::array> out, bool return_lse) {
+  const dotattn::TensorView q = input_view(query, "query");
+  const dotattn::TensorView cq = input_view(cu_seqlens_q, "cu_seqlens_q");
+  const dotattn::TensorView k = stored_view(key_cache, key_scale, "key_cache");
+  const dotattn::TensorView v = stored_view(value_cache, value_scale, "value_cache");
+  const dotattn::TensorView table = input_view(block_table, "block_table");
+  const dotattn::TensorView lengths = input_view(seq_lens_k, "seq_lens_k");
+  dotattn::Options options = make_options(std::nullopt, causal, scale, more);
+  py::array result;
+  py::tuple results = packed_outputs(query, packed_result_shape(query, value_cache, 4), out,
+                                     return_lse, options, result);
+  const dotattn::OutputView o = output_view(result, "out");
+  {
+    py::gil_scoped_release unlocked;
+    dotattn::attention_paged(q, cq, k, v, table, lengths, o, options);
+  }
+  return results;
+}
+
+// (out, lse): the merge of results over disjoint key sets; out is new
+// unless given.
+py::tuple merge(const std::vector<py::array>& outs, const std::vector<py::array>& lses,
+                std::optional<py::array> out) {
+  std::vector<dotattn::TensorView> o, l;
+  for (std::size_t i = 0; i < outs.size(); ++i)
+    o.push_back(input_view(outs[i], ("outs[" + std::to_string(i) + "]").c_str()));
+  for (std::size_t i = 0; i < lses.size(); ++i)
+    l.push_back(input_view(lses[i], ("lses[" + std::to_string(i) + "]").c_str()));
+  if (o.empty()) throw dotattn::argument_error("outs is empty; merge needs at least one result");
+  py::array result = out ? *out : empty_like_result(outs[0], o[0].shape);
+  const dotattn::Dims lse_shape(o[0].shape.begin(), o[0].shape.empty() ? o[0].shape.end() : o[0].shape.end() - 1);
+  py::array lse = empty_like_result(outs[0], lse_shape);
+  const dotattn::OutputView out_view = output_view(result, "out");
+  const dotattn::OutputView lse_view = output_view(lse, "lse");
+  {
+    py::gil_scoped_release unlocked;
+    dotattn::merge(o, l, out_view, lse_view);
+  }
+  return py::make_tuple(result, lse);
 }
 
 std::int64_t quantization_group(const py::array& data, const py::array& scale) {
@@ -213,13 +320,35 @@ PYBIND11_MODULE(_core, m) {
       .value("upper_left", dotattn::Causal::upper_left)
       .value("lower_right", dotattn::Causal::lower_right);
 
+  py::class_<ScoreOptions>(m, "ScoreOptions")
+      .def(py::init([](std::optional<std::pair<std::int64_t, std::int64_t>> window,
+                       std::optional<double> softcap, std::optional<py::array> alibi_slopes,
+                       std::optional<py::array> sinks) {
+             return ScoreOptions{window, softcap, std::move(alibi_slopes), std::move(sinks)};
+           }),
+           py::arg("window"), py::arg("softcap"), py::arg("alibi_slopes").noconvert(),
+           py::arg("sinks").noconvert());
+
   m.def("attention", &attention, py::arg("query").noconvert(), py::arg("key").noconvert(),
         py::arg("value").noconvert(), py::arg("key_scale").noconvert(),
         py::arg("value_scale").noconvert(), py::arg("attn_mask").noconvert(), py::arg("causal"),
-        py::arg("scale"), py::arg("out").noconvert(), py::arg("return_lse"));
+        py::arg("scale"), py::arg("options"), py::arg("out").noconvert(), py::arg("return_lse"));
   m.def("attention_weights", &attention_weights, py::arg("query").noconvert(),
         py::arg("key").noconvert(), py::arg("key_scale").noconvert(),
-        py::arg("attn_mask").noconvert(), py::arg("causal"), py::arg("scale"));
+        py::arg("attn_mask").noconvert(), py::arg("causal"), py::arg("scale"), py::arg("options"));
+  m.def("attention_varlen", &attention_varlen, py::arg("query").noconvert(),
+        py::arg("key").noconvert(), py::arg("value").noconvert(), py::arg("key_scale").noconvert(),
+        py::arg("value_scale").noconvert(), py::arg("cu_seqlens_q").noconvert(),
+        py::arg("cu_seqlens_k").noconvert(), py::arg("causal"), py::arg("scale"),
+        py::arg("options"), py::arg("out").noconvert(), py::arg("return_lse"));
+  m.def("attention_paged", &attention_paged, py::arg("query").noconvert(),
+        py::arg("cu_seqlens_q").noconvert(), py::arg("key_cache").noconvert(),
+        py::arg("value_cache").noconvert(), py::arg("key_scale").noconvert(),
+        py::arg("value_scale").noconvert(), py::arg("block_table").noconvert(),
+        py::arg("seq_lens_k").noconvert(), py::arg("causal"), py::arg("scale"),
+        py::arg("options"), py::arg("out").noconvert(), py::arg("return_lse"));
+  m.def("merge", &merge, py::arg("outs").noconvert(), py::arg("lses").noconvert(),
+        py::arg("out").noconvert());
   m.def("quantization_group", &quantization_group, py::arg("data").noconvert(),
         py::arg("scale").noconvert());
   m.def("quantize_int8", &quantize_int8, py::arg("x").noconvert(), py::arg("data").noconvert(),

@@ -7,6 +7,10 @@
 // ranges' states when split (bounded by choose_blocking).
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "loops.hpp"
@@ -31,6 +35,7 @@ struct Tile {
   T* rows;     // m, l, block max, block sum, alpha: tile_rows each
   T* wk;       // the block's keys widened (keys x E), if stored in another format
   T* wv;       // the block's values widened (keys x Ev), likewise
+  T* bias;     // ALiBi slopes and positions: 2 x tile_rows
 
   Tile(const Problem& p, const Blocking& blk) {
     const std::int64_t sizes[] = {p.E * blk.tile_rows,
@@ -40,14 +45,15 @@ struct Tile {
                                   blk.keys * p.Ev,
                                   5 * blk.tile_rows,
                                   widens(p.k_storage, p.dtype) ? blk.keys * p.E : 0,
-                                  widens(p.v_storage, p.dtype) ? blk.keys * p.Ev : 0};
+                                  widens(p.v_storage, p.dtype) ? blk.keys * p.Ev : 0,
+                                  p.alibi_slopes.empty() ? 0 : 2 * blk.tile_rows};
     constexpr std::int64_t line = 64 / sizeof(T);
     std::int64_t total = 0;
     for (const std::int64_t n : sizes) total += round_up(n, line);
     buffer = aligned_array<T>(total);  // moving the Tile keeps these pointers valid
     T* next = buffer.get();
-    T** fields[] = {&q, &st, &acc, &saved, &clean_v, &rows, &wk, &wv};
-    for (std::size_t i = 0; i < 8; ++i) {
+    T** fields[] = {&q, &st, &acc, &saved, &clean_v, &rows, &wk, &wv, &bias};
+    for (std::size_t i = 0; i < std::size(fields); ++i) {
       *fields[i] = next;
       next += round_up(sizes[i], line);
     }
@@ -61,11 +67,28 @@ struct Tile {
   }
 };
 
-// The softmax state of row block rb over keys [j_begin, j_end).
+// The P·V step of keys [j0, j0 + keys), rows the operand stores evenly
+// spaced, with weights pt (keys x tile_rows).
+template <class T>
+void accumulate_run(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
+                    bool few_rows, const OperandRows<T>& values, std::int64_t j0, std::int64_t keys,
+                    const T* pt, std::int64_t rows, T smallest, T* acc, Tile<T>& t) {
+  // Every weight nonzero: no 0 * inf to keep out (accumulate_values), so
+  // few rows read stored values straight from memory.
+  if (few_rows && values.widens() && smallest > T(0))
+    return kern.pv_accumulate_stored(pt, blk.tile_rows, rows, keys, values.stored_from(j0), p.Ev,
+                                     acc, p.Ev);
+  const auto v = values.block(j0, keys, t.wv);
+  accumulate_values(kern, pt, blk.tile_rows, rows, keys, v.data, v.stride, p.Ev, smallest, acc,
+                    t.saved, t.clean_v);
+}
+
+// The softmax state of row block rb over `count` keys from the `first`-th
+// key the block sees (the keys before the block's window are never read).
 template <class T>
 RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
-                   const RowBlock& rb, std::int64_t j_begin, std::int64_t j_end, Tile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb, t.q, blk.tile_rows, t.wk);
+                   const RowBlock& rb, std::int64_t first, std::int64_t count, Tile<T>& t) {
+  const MaskedScores<T> scores(p, kern, rb, blk.tile_rows, {t.q, t.wk, t.bias});
   const OperandRows<T> values(p, p.v, p.v_storage, rb.b, rb.hk, p.Ev, kern);
   const std::int64_t rows = rb.tile_rows();
   const RowState<T> s = t.state(blk.tile_rows);
@@ -73,21 +96,17 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
   std::fill(s.l, s.l + blk.tile_rows, T(0));
   std::fill(s.acc, s.acc + rows * p.Ev, T(0));
 
-  const std::int64_t end = std::min(j_end, scores.key_end());
-  for (std::int64_t j0 = j_begin; j0 < end; j0 += blk.keys) {
+  const std::int64_t begin = scores.key_begin() + first;
+  const std::int64_t end = std::min(begin + count, scores.key_end());
+  for (std::int64_t j0 = begin; j0 < end; j0 += blk.keys) {
     const std::int64_t keys = std::min(blk.keys, end - j0);
     scores.compute(j0, keys, t.st);
     const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
-    // Every weight nonzero: no 0 * inf to keep out (accumulate_values), so
-    // few rows read stored values straight from memory.
-    if (scores.few_rows() && values.widens() && smallest > T(0)) {
-      kern.pv_accumulate_stored(t.st, blk.tile_rows, rows, keys, values.stored_from(j0), p.Ev,
-                                s.acc, p.Ev);
-      continue;
+    for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
+      next = values.run_end(j, j0 + keys);
+      accumulate_run(p, kern, blk, scores.few_rows(), values, j, next - j,
+                     t.st + (j - j0) * blk.tile_rows, rows, smallest, s.acc, t);
     }
-    const auto v = values.block(j0, keys, t.wv);
-    accumulate_values(kern, t.st, blk.tile_rows, rows, keys, v.data, v.stride, p.Ev, smallest, s.acc,
-                      t.saved, t.clean_v);
   }
   return s;
 }
@@ -95,12 +114,21 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
 // Output row and LSE of tile row t of rb.
 template <class T>
 T* out_row(const Problem& p, const RowBlock& rb, std::int64_t t) {
-  return static_cast<T*>(p.out) + rb.result_offset(p, t, p.Ev);
+  return static_cast<T*>(p.out) + rb.result_offset(p.out_rows, t);
 }
 
 template <class T>
 T* lse_of(const Problem& p, const RowBlock& rb, std::int64_t t) {
-  return p.lse ? static_cast<T*>(p.lse) + rb.result_offset(p, t, 1) : nullptr;
+  return p.lse ? static_cast<T*>(p.lse) + rb.result_offset(p.lse_rows, t) : nullptr;
+}
+
+// Tile row t's finished state: its head's sink (if any) joins the softmax,
+// then out and lse are written.
+template <class T>
+void finish_tile_row(const Problem& p, const RowBlock& rb, std::int64_t t, T m, T l, T* acc) {
+  if (!p.sinks.empty())
+    add_sink(static_cast<T>(p.sinks[static_cast<std::size_t>(rb.head_of(t))]), m, l, acc, p.Ev);
+  finish_row(m, l, acc, p.Ev, out_row<T>(p, rb, t), lse_of<T>(p, rb, t));
 }
 
 // The states of every key range of every row block, for the merge pass.
@@ -123,53 +151,122 @@ struct RangeStates {
   }
 };
 
+// One problem of a call (a sequence of a packed batch, or the whole call),
+// its blocking, and its first work item among the call's.
 template <class T>
-void attend_split(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk) {
-  RangeStates<T> ranges(blk.items(p), blk.tile_rows, p.Ev);
-  for_each_item(
-      blk.items(p), [&] { return Tile<T>(p, blk); },
-      [&](std::int64_t item, Tile<T>& tile) {
-        const RowBlock rb = row_block(p, blk, item / blk.splits);
-        const std::int64_t j0 = item % blk.splits * blk.split_keys;
-        ranges.store(item, attend(p, kern, blk, rb, j0, j0 + blk.split_keys, tile), rb.tile_rows());
-      });
-  for_each_item(
-      blk.row_items(p), [] { return 0; },
-      [&](std::int64_t row_item, int) {
-        const RowBlock rb = row_block(p, blk, row_item);
-        const std::int64_t first = row_item * blk.splits * blk.tile_rows;
-        for (std::int64_t t = 0; t < rb.tile_rows(); ++t)
-          merge_ranges(blk.splits, ranges.m.get() + first + t, ranges.l.get() + first + t,
-                       blk.tile_rows, ranges.acc.get() + (first + t) * p.Ev, blk.tile_rows * p.Ev,
-                       p.Ev, out_row<T>(p, rb, t), lse_of<T>(p, rb, t));
-      });
+struct Planned {
+  const Problem* p;
+  Blocking blk;
+  std::int64_t first_item = 0;
+  std::optional<RangeStates<T>> ranges;  // split into key ranges: their states
+};
+
+// Work items numbered across the problems, each problem's after the one
+// before; item -> (problem, its own item).
+template <class T>
+std::pair<Planned<T>*, std::int64_t> locate(std::vector<Planned<T>>& plans,
+                                            const std::vector<std::int64_t>& starts, std::int64_t item) {
+  const auto at = std::upper_bound(starts.begin(), starts.end(), item) - starts.begin() - 1;
+  return {&plans[static_cast<std::size_t>(at)], item - starts[static_cast<std::size_t>(at)]};
 }
 
+// First pass: each item attends its row block over all its keys and
+// finishes the rows, or over one key range, kept for the merge.
 template <class T>
-void attend_whole(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk) {
-  for_each_item(
-      blk.items(p), [&] { return Tile<T>(p, blk); },
-      [&](std::int64_t item, Tile<T>& tile) {
-        const RowBlock rb = row_block(p, blk, item);
-        const RowState<T> s = attend(p, kern, blk, rb, 0, p.S, tile);
-        for (std::int64_t t = 0; t < rb.tile_rows(); ++t)
-          finish_row(s.m[t], s.l[t], s.acc + t * p.Ev, p.Ev, out_row<T>(p, rb, t), lse_of<T>(p, rb, t));
-      });
+void attend_item(const kernels::BlockKernels<T>& kern, Planned<T>& plan, std::int64_t item, Tile<T>& tile) {
+  const Problem& p = *plan.p;
+  const Blocking& blk = plan.blk;
+  const RowBlock rb = row_block(p, blk, item / blk.splits);
+  if (blk.splits == 1) {
+    const RowState<T> s = attend(p, kern, blk, rb, 0, p.S, tile);
+    for (std::int64_t t = 0; t < rb.tile_rows(); ++t)
+      finish_tile_row(p, rb, t, s.m[t], s.l[t], s.acc + t * p.Ev);
+    return;
+  }
+  const std::int64_t first = item % blk.splits * blk.split_keys;
+  plan.ranges->store(item, attend(p, kern, blk, rb, first, blk.split_keys, tile), rb.tile_rows());
+}
+
+// Second pass: the key ranges of one row block merged and finished.
+template <class T>
+void merge_row_block(const Planned<T>& plan, std::int64_t row_item, T* acc) {
+  const Problem& p = *plan.p;
+  const Blocking& blk = plan.blk;
+  const RangeStates<T>& ranges = *plan.ranges;
+  const RowBlock rb = row_block(p, blk, row_item);
+  const std::int64_t first = row_item * blk.splits * blk.tile_rows;
+  for (std::int64_t t = 0; t < rb.tile_rows(); ++t) {
+    T m, l;
+    merge_ranges(blk.splits, ranges.m.get() + first + t, ranges.l.get() + first + t, blk.tile_rows,
+                 ranges.acc.get() + (first + t) * p.Ev, blk.tile_rows * p.Ev, p.Ev, m, l, acc);
+    finish_tile_row(p, rb, t, m, l, acc);
+  }
+}
+
+// A tile big enough for every plan's blocking.
+template <class T>
+Blocking widest(const std::vector<Planned<T>>& plans) {
+  Blocking w = plans.front().blk;
+  for (const Planned<T>& plan : plans) {
+    w.tile_rows = std::max(w.tile_rows, plan.blk.tile_rows);
+    w.keys = std::max(w.keys, plan.blk.keys);
+  }
+  return w;
 }
 
 }  // namespace
 
+// The problems share dtype, heads, E, Ev, formats and options; they differ
+// in L, S and where their operands and results are. All their work items
+// run in one parallel pass (two when some are split into key ranges), the
+// most costly problems' first, so that no thread is left with a long one
+// at the end.
 template <class T>
-void attention_loop(const Problem& p) {
+void attention_loop(const Problem* problems, std::size_t count) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
-  const Blocking blk = choose_blocking(p, sizeof(T), kern.row_multiple, Purpose::attention);
-  if (blk.splits > 1)
-    attend_split(p, kern, blk);
-  else
-    attend_whole(p, kern, blk);
+  std::vector<Planned<T>> plans;
+  for (std::size_t i = 0; i < count; ++i) {
+    const Problem& p = problems[i];
+    Planned<T> plan{&p, choose_blocking(p, sizeof(T), kern.row_multiple, Purpose::attention), 0, std::nullopt};
+    if (plan.blk.items(p) > 0) plans.push_back(std::move(plan));
+  }
+  if (plans.empty()) return;
+  const auto item_cost = [](const Planned<T>& a) {
+    return a.blk.tile_rows * std::min(a.blk.split_keys, a.p->S);
+  };
+  std::stable_sort(plans.begin(), plans.end(),
+                   [&](const Planned<T>& a, const Planned<T>& b) { return item_cost(a) > item_cost(b); });
+
+  std::vector<std::int64_t> starts, merge_starts;
+  std::int64_t items = 0, merges = 0;
+  std::vector<Planned<T>*> split;
+  for (Planned<T>& plan : plans) {
+    starts.push_back(items);
+    items += plan.blk.items(*plan.p);
+    if (plan.blk.splits > 1) {
+      plan.ranges.emplace(plan.blk.items(*plan.p), plan.blk.tile_rows, plan.p->Ev);
+      merge_starts.push_back(merges);
+      merges += plan.blk.row_items(*plan.p);
+      split.push_back(&plan);
+    }
+  }
+  const Blocking tile_blocking = widest(plans);
+  for_each_item(
+      items, [&] { return Tile<T>(*plans.front().p, tile_blocking); },
+      [&](std::int64_t item, Tile<T>& tile) {
+        const auto [plan, own] = locate(plans, starts, item);
+        attend_item(kern, *plan, own, tile);
+      });
+  if (split.empty()) return;
+  for_each_item(
+      merges, [&] { return aligned_array<T>(plans.front().p->Ev); },
+      [&](std::int64_t item, AlignedArray<T>& acc) {
+        const auto at = std::upper_bound(merge_starts.begin(), merge_starts.end(), item) - merge_starts.begin() - 1;
+        merge_row_block(*split[static_cast<std::size_t>(at)], item - merge_starts[static_cast<std::size_t>(at)], acc.get());
+      });
 }
 
-template void attention_loop<float>(const Problem&);
-template void attention_loop<double>(const Problem&);
+template void attention_loop<float>(const Problem*, std::size_t);
+template void attention_loop<double>(const Problem*, std::size_t);
 
 }  // namespace dotattn::detail

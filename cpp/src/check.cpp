@@ -6,6 +6,8 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "operand_rows.hpp"
 #include "problem.hpp"
@@ -71,9 +73,9 @@ void check_float_dtype(const char* name, DType dtype) {
 // float64 ones; a float32 query float32, float16, bfloat16 or int8 ones,
 // each its own.
 void check_kv_dtype(const char* name, const TensorView& t, DType query) {
-  if (t.dtype == DType::boolean)
-    throw dtype_error(std::string(name) + " has dtype bool; expected float32, float16, bfloat16, "
-                      "int8 (with its scales) or float64");
+  if (t.dtype == DType::boolean || t.dtype == DType::int32 || t.dtype == DType::int64)
+    throw dtype_error(std::string(name) + " has dtype " + dtype_name(t.dtype) +
+                      "; expected float32, float16, bfloat16, int8 (with its scales) or float64");
   if (query == DType::float64 && t.dtype != DType::float64)
     throw dtype_error(std::string(name) + " has dtype " + dtype_name(t.dtype) +
                       " but query is float64, which needs float64 key and value (float16, "
@@ -292,10 +294,57 @@ void check_mask(Problem& p, const Options& options, const Dims& query_shape) {
   p.mask = layout_of(m.data, strides, p.batch_shape.size());
 }
 
+void check_window(Problem& p, const Options& options) {
+  if (!options.window) return;
+  const Window w = *options.window;
+  if (w.left < -1 || w.right < -1)
+    throw argument_error("window=(" + std::to_string(w.left) + ", " + std::to_string(w.right) +
+                         ") must hold two ints >= -1 (left, right keys; -1 for unbounded)");
+  p.window = w;
+}
+
+void check_softcap(Problem& p, const Options& options) {
+  if (!options.softcap) return;
+  const double c = *options.softcap;
+  const bool fits = p.dtype != DType::float32 ||
+                    (std::isfinite(static_cast<float>(c)) && std::isfinite(1.0f / static_cast<float>(c)));
+  if (!(c > 0) || !std::isfinite(c) || !fits)
+    throw argument_error("softcap must be finite and > 0" +
+                         std::string(p.dtype == DType::float32 ? ", as must be its float32 inverse" : "") +
+                         ", got " + format_number(c));
+  p.softcap = c;
+}
+
+// One finite value per query head: alibi_slopes and sinks.
+std::vector<double> per_head_values(const char* name, const TensorView& t, std::int64_t Hq) {
+  check_view(name, t);
+  if (t.shape.size() != 1 || t.shape[0] != Hq)
+    throw argument_error(described(name, t.shape) + " must have shape (" + std::to_string(Hq) +
+                         ",), one value per query head (Hq=" + std::to_string(Hq) + ")");
+  if (t.dtype != DType::float32 && t.dtype != DType::float64)
+    throw dtype_error(std::string(name) + " has dtype " + dtype_name(t.dtype) +
+                      "; expected float32 or float64");
+  std::vector<double> values(static_cast<std::size_t>(Hq));
+  for (std::int64_t h = 0; h < Hq; ++h) {
+    const std::int64_t at = h * t.strides[0];
+    const double x = t.dtype == DType::float32 ? static_cast<const float*>(t.data)[at]
+                                               : static_cast<const double*>(t.data)[at];
+    if (!std::isfinite(x))
+      throw argument_error(std::string(name) + "[" + std::to_string(h) + "] is " +
+                           format_number(x) + "; every value must be finite");
+    values[static_cast<std::size_t>(h)] = x;
+  }
+  return values;
+}
+
 void check_options(Problem& p, const Options& options, const Dims& query_shape) {
   check_scale(p, options);
   check_mask(p, options, query_shape);
   p.causal = options.causal;
+  check_window(p, options);
+  check_softcap(p, options);
+  if (options.alibi_slopes) p.alibi_slopes = per_head_values("alibi_slopes", *options.alibi_slopes, p.Hq);
+  if (options.sinks) p.sinks = per_head_values("sinks", *options.sinks, p.Hq);
 }
 
 void check_result_buffer(const char* name, const OutputView& o, const Problem& p,
@@ -342,9 +391,265 @@ void check_no_overlap(const char* name, const Extent& written, const TensorView&
   if (v) refuse_if("value", extent_of("value", *v));
   if (v && v->scale) refuse_if("value's scales", extent_of("value scale", *v->scale));
   if (options.mask) refuse_if("attn_mask", extent_of("attn_mask", *options.mask));
+  if (options.alibi_slopes) refuse_if("alibi_slopes", extent_of("alibi_slopes", *options.alibi_slopes));
+  if (options.sinks) refuse_if("sinks", extent_of("sinks", *options.sinks));
+}
+
+// dims d0 and d1 of a view (and of its scales) swapped: a token-major
+// (total, H, E) operand seen as the (H, total, E) the attention checks take.
+TensorView swapped(const TensorView& t, std::size_t d0, std::size_t d1) {
+  TensorView s = t;
+  std::swap(s.shape[d0], s.shape[d1]);
+  std::swap(s.strides[d0], s.strides[d1]);
+  if (s.scale && s.scale->shape.size() == t.shape.size()) {
+    std::swap(s.scale->shape[d0], s.scale->shape[d1]);
+    std::swap(s.scale->strides[d0], s.scale->strides[d1]);
+  }
+  return s;
+}
+
+// TensorView t without its first dim (a paged cache's page index).
+TensorView one_page(const TensorView& t) {
+  TensorView s = t;
+  s.shape.erase(s.shape.begin());
+  s.strides.erase(s.strides.begin());
+  if (s.scale && !s.scale->shape.empty()) {
+    s.scale->shape.erase(s.scale->shape.begin());
+    s.scale->strides.erase(s.scale->strides.begin());
+  }
+  return s;
+}
+
+void check_dims(const char* name, const TensorView& t, std::size_t dims, const char* layout) {
+  if (t.shape.size() != dims)
+    throw argument_error(described(name, t.shape) + " must have " + std::to_string(dims) +
+                         " dims: " + layout);
+}
+
+// The values of an index view of shape (n,) or (rows, cols), read row by
+// row: int32, or also int64 where `wide` allows it.
+void check_index_view(const char* name, const TensorView& t, const Dims& shape, const char* meaning,
+                      bool wide) {
+  check_view(name, t);
+  if (t.dtype != DType::int32 && !(wide && t.dtype == DType::int64))
+    throw dtype_error(std::string(name) + " has dtype " + dtype_name(t.dtype) + "; expected int32" +
+                      (wide ? " or int64" : ""));
+  if (t.shape != shape)
+    throw argument_error(described(name, t.shape) + " must have shape " + format_shape(shape) +
+                         ": " + meaning);
+}
+
+std::vector<std::int64_t> index_values(const char* name, const TensorView& t, const Dims& shape,
+                                       const char* meaning) {
+  check_index_view(name, t, shape, meaning, true);
+  std::vector<std::int64_t> values;
+  const std::int64_t rows = shape.size() == 2 ? shape[0] : 1, cols = shape.back();
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const std::int64_t at = (shape.size() == 2 ? r * t.strides[0] : 0) + c * t.strides.back();
+      values.push_back(t.dtype == DType::int32 ? static_cast<const std::int32_t*>(t.data)[at]
+                                               : static_cast<const std::int64_t*>(t.data)[at]);
+    }
+  return values;
+}
+
+// cu_seqlens: B + 1 offsets rising from 0 to total.
+void check_offsets(const char* name, const std::vector<std::int64_t>& cu, std::int64_t total,
+                   const char* operand) {
+  bool rising = cu.front() == 0 && cu.back() == total;
+  for (std::size_t b = 1; b < cu.size(); ++b) rising = rising && cu[b] >= cu[b - 1];
+  if (!rising)
+    throw argument_error(std::string(name) + " must rise from 0 to " + std::to_string(total) +
+                         " (the rows of " + operand + "), never falling; got " + format_shape(cu));
+}
+
+// The byte ranges a packed or paged call reads, for the overlap checks.
+std::vector<std::pair<std::string, Extent>> read_extents(
+    const std::vector<std::pair<const char*, const TensorView*>>& inputs, const Options& options) {
+  std::vector<std::pair<std::string, Extent>> read;
+  for (const auto& [name, t] : inputs) {
+    read.emplace_back(name, extent_of(name, *t));
+    if (t->scale) read.emplace_back(std::string(name) + "'s scales", extent_of(name, *t->scale));
+  }
+  if (options.alibi_slopes) read.emplace_back("alibi_slopes", extent_of("alibi_slopes", *options.alibi_slopes));
+  if (options.sinks) read.emplace_back("sinks", extent_of("sinks", *options.sinks));
+  return read;
+}
+
+// out (total_q, Hq, Ev) and options.lse (Hq, total_q) of a packed call,
+// checked and laid out in base.
+void check_packed_outputs(Problem& base, const OutputView& out, const Options& options,
+                          std::int64_t total_q,
+                          const std::vector<std::pair<std::string, Extent>>& read) {
+  check_result_buffer("out", out, base, {total_q, base.Hq, base.Ev});
+  std::vector<std::pair<const char*, Extent>> written{{"out", extent_of("out", out)}};
+  base.out = out.data;
+  base.out_rows = {0, base.Ev, base.Hq * base.Ev};
+  if (options.lse) {
+    check_result_buffer("lse", *options.lse, base, {base.Hq, total_q});
+    written.emplace_back("lse", extent_of("lse", *options.lse));
+    if (written[0].second.overlaps(written[1].second))
+      throw argument_error("lse overlaps out; the two outputs must not share memory");
+    base.lse = options.lse->data;
+    base.lse_rows = {0, total_q, 1};
+  }
+  for (const auto& [name, extent] : written)
+    for (const auto& [input, r] : read)
+      if (extent.overlaps(r))
+        throw argument_error(std::string(name) + " overlaps " + input +
+                             "; an output must not share memory with an input");
+}
+
+void refuse_mask(const Options& options, const char* call) {
+  if (options.mask)
+    throw argument_error(std::string("attn_mask is not taken by ") + call +
+                         "; use is_causal and window, or attention() per sequence");
+}
+
+// Layout l moved on by `rows` rows (a sequence's first).
+Layout from_row(Layout l, std::int64_t rows, std::int64_t elem_size) {
+  l.data = static_cast<const char*>(l.data) + rows * l.row * elem_size;
+  return l;
+}
+
+// Sequence b of a packed call: its L query rows from row q0 on, its S keys,
+// its results from row q0 on.
+Problem sequence(const Problem& base, std::int64_t q0, std::int64_t L, std::int64_t S) {
+  Problem p = base;
+  p.L = L;
+  p.S = S;
+  p.q = from_row(p.q, q0, static_cast<std::int64_t>(itemsize(p.dtype)));
+  const auto size = static_cast<std::int64_t>(itemsize(p.dtype));
+  p.out = static_cast<char*>(p.out) + q0 * p.out_rows.row * size;
+  if (p.lse) p.lse = static_cast<char*>(p.lse) + q0 * p.lse_rows.row * size;
+  return p;
 }
 
 }  // namespace
+
+std::vector<Problem> check_varlen(const TensorView& query, const TensorView& key,
+                                  const TensorView& value, const TensorView& cu_seqlens_q,
+                                  const TensorView& cu_seqlens_k, const OutputView& out,
+                                  const Options& options) {
+  const char* layout = "(total, H, E) for a packed batch";
+  check_dims("query", query, 3, layout);
+  check_dims("key", key, 3, layout);
+  check_dims("value", value, 3, layout);
+  refuse_mask(options, "attention_varlen");
+  const TensorView v = swapped(value, 0, 1);
+  Problem base = check_qkv(swapped(query, 0, 1), swapped(key, 0, 1), &v);
+  const std::int64_t total_q = query.shape[0], total_k = key.shape[0];
+  check_dims("cu_seqlens_q", cu_seqlens_q, 1, "(B + 1,)");
+  const std::int64_t B = cu_seqlens_q.shape[0] - 1;
+  if (B < 0) throw argument_error("cu_seqlens_q (0,) must hold B + 1 >= 1 offsets");
+  const auto cu_q = index_values("cu_seqlens_q", cu_seqlens_q, {B + 1}, "B + 1 query offsets");
+  const auto cu_k = index_values("cu_seqlens_k", cu_seqlens_k, {B + 1},
+                                 "B + 1 key offsets, as many as cu_seqlens_q");
+  check_offsets("cu_seqlens_q", cu_q, total_q, "query");
+  check_offsets("cu_seqlens_k", cu_k, total_k, "key and value");
+  check_options(base, options, {base.Hq, total_q, base.E});
+  check_result_size("a result", {total_q, base.Hq, base.Ev}, base.dtype, query.shape, "value", value.shape);
+  check_packed_outputs(base, out, options, total_q,
+                       read_extents({{"query", &query}, {"key", &key}, {"value", &value},
+                                     {"cu_seqlens_q", &cu_seqlens_q}, {"cu_seqlens_k", &cu_seqlens_k}},
+                                    options));
+  std::vector<Problem> problems;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto at = static_cast<std::size_t>(b);
+    Problem p = sequence(base, cu_q[at], cu_q[at + 1] - cu_q[at], cu_k[at + 1] - cu_k[at]);
+    p.k = from_row(p.k, cu_k[at], stored_size(p.k_storage.dtype));
+    p.v = from_row(p.v, cu_k[at], stored_size(p.v_storage.dtype));
+    for (Storage* st : {&p.k_storage, &p.v_storage})
+      if (st->dtype == DType::int8) st->scale = from_row(st->scale, cu_k[at], 4);
+    problems.push_back(std::move(p));
+  }
+  return problems;
+}
+
+std::vector<Problem> check_paged(const TensorView& query, const TensorView& cu_seqlens_q,
+                                 const TensorView& key_cache, const TensorView& value_cache,
+                                 const TensorView& block_table, const TensorView& seq_lens_k,
+                                 const OutputView& out, const Options& options) {
+  check_dims("query", query, 3, "(total_q, Hq, E) for a packed batch");
+  check_dims("key_cache", key_cache, 4, "(num_pages, page_size, Hkv, E)");
+  check_dims("value_cache", value_cache, 4, "(num_pages, page_size, Hkv, Ev)");
+  refuse_mask(options, "attention_paged");
+  for (const auto* t : {&key_cache, &value_cache}) {
+    const std::string name = t == &key_cache ? "key_cache" : "value_cache";
+    check_view(name.c_str(), *t);
+    if (!t->scale) continue;
+    const std::string scale_name = name + " scale";
+    if (t->scale->strides.size() != t->scale->shape.size() || t->scale->shape.size() != 4 ||
+        t->scale->shape[0] != t->shape[0])
+      throw argument_error(described(scale_name.c_str(), t->scale->shape) + " does not fit " +
+                           described(name.c_str(), t->shape) +
+                           ": expected (num_pages, page_size, Hkv, groups) with a stride per dim");
+  }
+  if (key_cache.shape[0] != value_cache.shape[0] || key_cache.shape[1] != value_cache.shape[1])
+    throw argument_error(described("key_cache", key_cache.shape) + " and " +
+                         described("value_cache", value_cache.shape) +
+                         " must have the same num_pages and page_size");
+  const std::int64_t num_pages = key_cache.shape[0], page_size = key_cache.shape[1];
+  // One page as (Hkv, page_size, E): the per-page layout the checks take.
+  const TensorView k_page = swapped(one_page(key_cache), 0, 1);
+  const TensorView v_page = swapped(one_page(value_cache), 0, 1);
+  Problem base = check_qkv(swapped(query, 0, 1), k_page, &v_page);
+  const std::int64_t total_q = query.shape[0];
+  check_dims("cu_seqlens_q", cu_seqlens_q, 1, "(B + 1,)");
+  const std::int64_t B = cu_seqlens_q.shape[0] - 1;
+  if (B < 0) throw argument_error("cu_seqlens_q (0,) must hold B + 1 >= 1 offsets");
+  const auto cu_q = index_values("cu_seqlens_q", cu_seqlens_q, {B + 1}, "B + 1 query offsets");
+  check_offsets("cu_seqlens_q", cu_q, total_q, "query");
+  const auto lengths = index_values("seq_lens_k", seq_lens_k, {B}, "one key count per sequence");
+  check_dims("block_table", block_table, 2, "(B, max_pages)");
+  const std::int64_t max_pages = block_table.shape[1];
+  check_index_view("block_table", block_table, {B, max_pages}, "B rows of page indices", false);
+  check_unit_inner_stride("block_table", block_table);
+  // Only the pages the sequences use are read, here and by the loops.
+  const auto page_at = [&](std::int64_t b, std::int64_t i) -> std::int64_t {
+    return static_cast<const std::int32_t*>(block_table.data)[b * block_table.strides[0] + i];
+  };
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t S = lengths[static_cast<std::size_t>(b)];
+    if (S < 0 || S > max_pages * page_size)
+      throw argument_error("seq_lens_k[" + std::to_string(b) + "] = " + std::to_string(S) +
+                           " does not fit block_table " + format_shape(block_table.shape) +
+                           " of pages of " + std::to_string(page_size) + " keys");
+    const std::int64_t used = page_size > 0 ? (S + page_size - 1) / page_size : 0;
+    for (std::int64_t i = 0; i < used; ++i) {
+      const std::int64_t page = page_at(b, i);
+      if (page < 0 || page >= num_pages)
+        throw argument_error("block_table[" + std::to_string(b) + ", " + std::to_string(i) + "] = " +
+                             std::to_string(page) + " is not a page of key_cache " +
+                             format_shape(key_cache.shape));
+    }
+  }
+  check_options(base, options, {base.Hq, total_q, base.E});
+  check_result_size("a result", {total_q, base.Hq, base.Ev}, base.dtype, query.shape, "value_cache",
+                    value_cache.shape);
+  check_packed_outputs(base, out, options, total_q,
+                       read_extents({{"query", &query}, {"key_cache", &key_cache},
+                                     {"value_cache", &value_cache}, {"cu_seqlens_q", &cu_seqlens_q},
+                                     {"block_table", &block_table}, {"seq_lens_k", &seq_lens_k}},
+                                    options));
+  const auto paged = [&](Layout l, const Dims& strides, std::int64_t b) {
+    l.pages = static_cast<const std::int32_t*>(block_table.data) + b * block_table.strides[0];
+    l.page_size = page_size;
+    l.page_stride = strides[0];
+    return l;
+  };
+  std::vector<Problem> problems;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto at = static_cast<std::size_t>(b);
+    Problem p = sequence(base, cu_q[at], cu_q[at + 1] - cu_q[at], lengths[at]);
+    p.k = paged(p.k, key_cache.strides, b);
+    p.v = paged(p.v, value_cache.strides, b);
+    if (key_cache.scale) p.k_storage.scale = paged(p.k_storage.scale, key_cache.scale->strides, b);
+    if (value_cache.scale) p.v_storage.scale = paged(p.v_storage.scale, value_cache.scale->strides, b);
+    problems.push_back(std::move(p));
+  }
+  return problems;
+}
 
 std::int64_t checked_quantized(const TensorView& t) {
   check_view("data", t);
@@ -382,6 +687,68 @@ QuantizePlan check_quantize(const TensorView& x, const QuantizedOutput& out) {
   return plan;
 }
 
+MergePlan check_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
+                      const OutputView& out, const std::optional<OutputView>& lse) {
+  if (outs.empty()) throw argument_error("outs is empty; merge needs at least one result");
+  if (lses.size() != outs.size())
+    throw argument_error("outs has " + std::to_string(outs.size()) + " results but lses has " +
+                         std::to_string(lses.size()) + "; one LSE per result");
+  MergePlan plan;
+  plan.dtype = outs[0].dtype;
+  const Dims& shape = outs[0].shape;
+  if (shape.empty()) throw argument_error("outs[0] must have at least 1 dim (..., Ev); got a scalar");
+  const Dims lse_shape(shape.begin(), shape.end() - 1);
+  check_float_dtype("outs[0]", plan.dtype);
+  std::vector<Extent> read;
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    const std::string o = "outs[" + std::to_string(i) + "]", l = "lses[" + std::to_string(i) + "]";
+    check_view(o.c_str(), outs[i]);
+    check_view(l.c_str(), lses[i]);
+    for (const auto* t : {&outs[i], &lses[i]}) {
+      const std::string& name = t == &outs[i] ? o : l;
+      if (t->dtype != plan.dtype)
+        throw dtype_error(name + " has dtype " + dtype_name(t->dtype) + " but outs[0] has " +
+                          dtype_name(plan.dtype) + "; every out and LSE has the same dtype");
+      if (t->scale) throw argument_error(name + " has scales; merge reads float32 or float64");
+    }
+    if (outs[i].shape != shape)
+      throw argument_error(described(o.c_str(), outs[i].shape) + " does not match " +
+                           described("outs[0]", shape) + "; every out has the same shape");
+    if (lses[i].shape != lse_shape)
+      throw argument_error(described(l.c_str(), lses[i].shape) + " does not fit " +
+                           described(o.c_str(), shape) + ": expected " + format_shape(lse_shape) +
+                           ", every dim of out but the last");
+    read.push_back(extent_of(o.c_str(), outs[i]));
+    read.push_back(extent_of(l.c_str(), lses[i]));
+    Dims strides = lses[i].strides;
+    strides.push_back(1);
+    plan.lse_strides.push_back(std::move(strides));
+  }
+  const Problem typed = [&] {
+    Problem p;
+    p.dtype = plan.dtype;
+    return p;
+  }();
+  check_result_buffer("out", out, typed, shape);
+  std::vector<std::pair<const char*, Extent>> written{{"out", extent_of("out", out)}};
+  if (lse) {
+    check_result_buffer("lse", *lse, typed, lse_shape);
+    written.emplace_back("lse", extent_of("lse", *lse));
+    if (written[0].second.overlaps(written[1].second))
+      throw argument_error("lse overlaps out; the two outputs must not share memory");
+  }
+  for (const auto& [name, extent] : written)
+    for (const Extent& r : read)
+      if (extent.overlaps(r))
+        throw argument_error(std::string(name) + " overlaps one of outs and lses; an output must "
+                             "not share memory with an input");
+  plan.Ev = shape.back();
+  plan.rows = element_count("outs[0]", lse_shape);
+  plan.lse_shape = lse_shape;
+  plan.lse_shape.push_back(1);
+  return plan;
+}
+
 Problem check_attention(const TensorView& query, const TensorView& key, const TensorView& value,
                         const OutputView* out, const Options& options) {
   Problem p = check_qkv(query, key, &value);
@@ -394,6 +761,8 @@ Problem check_attention(const TensorView& query, const TensorView& key, const Te
   const Extent out_extent = extent_of("out", *out);
   check_no_overlap("out", out_extent, query, key, &value, options);
   p.out = out->data;
+  p.out_rows = {p.Hq * p.L * p.Ev, p.L * p.Ev, p.Ev};
+  p.lse_rows = {p.Hq * p.L, p.L, 1};
   if (options.lse) {
     const OutputView& lse = *options.lse;
     const Dims lse_shape(query.shape.begin(), query.shape.end() - 1);
@@ -420,6 +789,7 @@ Problem check_weights(const TensorView& query, const TensorView& key, const Outp
   check_result_buffer("weights", *weights, p, expected);
   check_no_overlap("weights", extent_of("weights", *weights), query, key, nullptr, options);
   p.out = weights->data;
+  p.out_rows = {p.Hq * p.L * p.S, p.L * p.S, p.S};
   return p;
 }
 

@@ -1,4 +1,4 @@
-// Masking of a score tile: the causal rule and the user's mask, applied
+// Masking of a score tile: the causal rule, the window and the user's mask, applied
 // between the score tile and the softmax. Masked scores become -inf; an
 // additive mask is added. Tiles are addressed as s[i * row_step + j *
 // key_step] for query row i and key j, so one code serves the transposed
@@ -17,34 +17,43 @@ struct TileStrides {
   std::int64_t row_step, key_step;
 };
 
-// The causal rule as a per-row key limit: row i sees keys j <= i + offset.
-struct CausalLimit {
-  bool active = false;
-  std::int64_t offset = 0;
-  std::int64_t S = 0;
+// The causal rule and the window as a per-row key range: row i sees keys
+// [begin(i), end(i)), both non-decreasing in i.
+struct VisibleKeys {
+  bool active = false;  // a causal rule or a window
+  std::int64_t offset = 0, left = 0, right = 0, S = 0;
 
-  // Row i sees keys [0, visible_keys(i)).
-  std::int64_t visible_keys(std::int64_t i) const {
-    return active ? std::clamp<std::int64_t>(i + offset + 1, 0, S) : S;
+  std::int64_t begin(std::int64_t i) const {
+    return active ? std::clamp<std::int64_t>(i + offset - left, 0, S) : 0;
+  }
+  std::int64_t end(std::int64_t i) const {
+    return active ? std::clamp<std::int64_t>(i + offset + right + 1, 0, S) : S;
   }
 };
 
-inline CausalLimit causal_limit(Causal causal, std::int64_t L, std::int64_t S) {
-  switch (causal) {
-    case Causal::none: return {false, 0, S};
-    case Causal::upper_left: return {true, 0, S};
-    case Causal::lower_right: return {true, S - L, S};
-  }
-  return {false, 0, S};
+// An unbounded side reaches S + L keys: every key of every row (i' lies in
+// [-L, S]), and no sum below overflows.
+inline VisibleKeys visible_keys(const Problem& p) {
+  VisibleKeys v;
+  const std::int64_t reach = p.S + p.L;
+  const auto side = [&](std::int64_t w) { return w < 0 ? reach : std::min(w, reach); };
+  v.active = p.causal != Causal::none || p.window.left >= 0 || p.window.right >= 0;
+  v.offset = p.position_offset();
+  v.left = side(p.window.left);
+  v.right = p.causal != Causal::none ? std::min<std::int64_t>(side(p.window.right), 0) : side(p.window.right);
+  v.S = p.S;
+  return v;
 }
 
 // Sets the scores of keys [j0, j0 + keys) that rows r0.. may not see to -inf.
 template <class T>
-void mask_causal(const CausalLimit& causal, std::int64_t r0, std::int64_t rows, std::int64_t j0,
-                 std::int64_t keys, T* s, TileStrides ts) {
+void mask_outside(const VisibleKeys& visible, std::int64_t r0, std::int64_t rows, std::int64_t j0,
+                  std::int64_t keys, T* s, TileStrides ts) {
   for (std::int64_t i = 0; i < rows; ++i) {
-    const std::int64_t first_hidden = std::max<std::int64_t>(causal.visible_keys(r0 + i) - j0, 0);
-    for (std::int64_t j = first_hidden; j < keys; ++j) s[i * ts.row_step + j * ts.key_step] = kNegInf<T>;
+    const std::int64_t first = std::clamp<std::int64_t>(visible.begin(r0 + i) - j0, 0, keys);
+    const std::int64_t last = std::clamp<std::int64_t>(visible.end(r0 + i) - j0, first, keys);
+    for (std::int64_t j = 0; j < first; ++j) s[i * ts.row_step + j * ts.key_step] = kNegInf<T>;
+    for (std::int64_t j = last; j < keys; ++j) s[i * ts.row_step + j * ts.key_step] = kNegInf<T>;
   }
 }
 

@@ -1,6 +1,7 @@
 // The first steps of every key block, shared by the attention and weights
 // loops: score a block of keys against the row block's queries (packed
-// once by the constructor) and mask the tile.
+// once by the constructor), then, in this order, soft-cap, ALiBi bias,
+// the user's mask, and the causal rule and window.
 #pragma once
 
 #include <algorithm>
@@ -14,62 +15,87 @@
 
 namespace dotattn::detail {
 
+// A row block's scratch: q (E x tile_rows) for the packed queries;
+// widened_k (keys x E) for a block of keys stored in another format; bias
+// (2 x tile_rows) for the ALiBi slopes and positions of the tile rows.
+template <class T>
+struct ScoreScratch {
+  T* q;
+  T* widened_k;
+  T* bias;
+};
+
 template <class T>
 class MaskedScores {
  public:
-  // q: scratch of E x tile_rows for the packed queries; widened_k: of
-  // keys x E for a block of keys stored in another format.
-  MaskedScores(const Problem& p, const kernels::BlockKernels<T>& kern, const RowBlock& rb, T* q,
-               std::int64_t tile_rows, T* widened_k)
+  MaskedScores(const Problem& p, const kernels::BlockKernels<T>& kern, const RowBlock& rb,
+               std::int64_t tile_rows, const ScoreScratch<T>& scratch)
       : p_(p),
         kern_(kern),
         rb_(rb),
-        q_(q),
+        q_(scratch.q),
         tile_rows_(tile_rows),
         by_rows_(rb.tile_rows() <= kern.dot_rows),
         keys_(p, p.k, p.k_storage, rb.b, rb.hk, p.E, kern),
-        widened_k_(widened_k),
-        causal_(causal_limit(p.causal, p.L, p.S)),
+        widened_k_(scratch.widened_k),
+        slope_(p.alibi_slopes.empty() ? nullptr : scratch.bias),
+        position_(scratch.bias + tile_rows),
+        visible_(visible_keys(p)),
         scale_(static_cast<T>(p.scale)) {
     pack_queries();
+    if (slope_) set_bias_rows();
   }
 
-  // Row r0 + i sees keys [0, visible_keys(i)) by the causal rule.
-  std::int64_t visible_keys(std::int64_t i) const { return causal_.visible_keys(rb_.r0 + i); }
+  // Row r0 + i sees keys [key_begin(i), key_end(i)).
+  std::int64_t key_begin(std::int64_t i) const { return visible_.begin(rb_.r0 + i); }
+  std::int64_t key_end(std::int64_t i) const { return visible_.end(rb_.r0 + i); }
 
   // Few rows: scored by dot products (score_rows), stored keys widened as
   // they are loaded; the P·V step reads stored values the same way.
   bool few_rows() const { return by_rows_; }
 
-  // Keys from here on are hidden from every row of the block.
-  std::int64_t key_end() const { return visible_keys(rb_.rows - 1); }
+  // The keys some row of the block sees: [key_begin(), key_end()).
+  std::int64_t key_begin() const { return key_begin(0); }
+  std::int64_t key_end() const { return key_end(rb_.rows - 1); }
 
   // st[j][t] (j < keys, t < tile_rows, leading dimension tile_rows) for keys
   // [j0, j0 + keys): the scaled scores with the mask and the causal rule
-  // applied.
+  // applied (and the scores adjusted by softcap and ALiBi).
   void compute(std::int64_t j0, std::int64_t keys, T* st) const {
-    if (by_rows_ && keys_.widens()) {
-      kern_.score_rows_stored(q_, p_.E, rb_.tile_rows(), keys_.stored_from(j0), keys, p_.E, scale_,
-                              st, tile_rows_);
-    } else {
-      const auto k = keys_.block(j0, keys, widened_k_);
-      if (by_rows_)
-        kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, keys, p_.E, scale_, st,
-                         tile_rows_);
-      else
-        kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,
-                         tile_rows_);
+    for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
+      next = keys_.run_end(j, j0 + keys);
+      score_run(j, next - j, st + (j - j0) * tile_rows_);
     }
+    if (p_.softcap > 0) kern_.soft_cap(st, tile_rows_, keys, tile_rows_, static_cast<T>(p_.softcap));
+    if (slope_) kern_.add_distance_bias(st, tile_rows_, keys, tile_rows_, slope_, position_, j0);
     const TileStrides ts{1, tile_rows_};
-    const bool crosses_diagonal = causal_.active && j0 + keys > visible_keys(0);
+    const bool crosses_edge =
+        visible_.active && (j0 + keys > key_end(0) || j0 < key_begin(rb_.rows - 1));
     for (std::int64_t g = 0; g < rb_.heads; ++g) {
       T* head = st + g * rb_.rows;
       mask_tile(mask_rows<T>(p_, rb_.b, rb_.h0 + g, rb_.r0), rb_.rows, j0, keys, head, ts);
-      if (crosses_diagonal) mask_causal(causal_, rb_.r0, rb_.rows, j0, keys, head, ts);
+      if (crosses_edge) mask_outside(visible_, rb_.r0, rb_.rows, j0, keys, head, ts);
     }
   }
 
  private:
+  // The scaled scores of keys [j0, j0 + keys), rows the operand stores
+  // evenly spaced.
+  void score_run(std::int64_t j0, std::int64_t keys, T* st) const {
+    if (by_rows_ && keys_.widens()) {
+      kern_.score_rows_stored(q_, p_.E, rb_.tile_rows(), keys_.stored_from(j0), keys, p_.E, scale_,
+                              st, tile_rows_);
+      return;
+    }
+    const auto k = keys_.block(j0, keys, widened_k_);
+    if (by_rows_)
+      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, keys, p_.E, scale_, st,
+                       tile_rows_);
+    else
+      kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,
+                       tile_rows_);
+  }
+
   // Tile row t = g * rows + i is query row r0 + i of head h0 + g. For
   // score_rows: q[t][e], row by row. For score_tile: q[e][t], transposed,
   // zero in the padding rows.
@@ -84,6 +110,17 @@ class MaskedScores {
       }
   }
 
+  // Tile row t = g * rows + i: slope -alibi_slopes[h0 + g] and position
+  // i' of row r0 + i; the padding rows get zeros.
+  void set_bias_rows() {
+    std::fill(slope_, slope_ + 2 * tile_rows_, T(0));
+    for (std::int64_t g = 0; g < rb_.heads; ++g)
+      for (std::int64_t i = 0; i < rb_.rows; ++i) {
+        slope_[g * rb_.rows + i] = static_cast<T>(-p_.alibi_slopes[static_cast<std::size_t>(rb_.h0 + g)]);
+        position_[g * rb_.rows + i] = static_cast<T>(rb_.r0 + i + visible_.offset);
+      }
+  }
+
   const Problem& p_;
   const kernels::BlockKernels<T>& kern_;
   RowBlock rb_;
@@ -92,7 +129,9 @@ class MaskedScores {
   bool by_rows_;  // few rows: score_rows, else score_tile
   OperandRows<T> keys_;
   T* widened_k_;
-  CausalLimit causal_;
+  T* slope_;  // null without ALiBi
+  T* position_;
+  VisibleKeys visible_;
   T scale_;
 };
 

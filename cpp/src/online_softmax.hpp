@@ -135,40 +135,58 @@ void finish_row(T m, T l, const T* acc, std::int64_t Ev, T* out, T* lse) {
   if (lse) *lse = m + std::log(l);
 }
 
-// One row's result from the states of its key ranges, merged in order:
-// range r holds m[r * stride], l[r * stride], acc + r * acc_stride.
+// One row's state from the states of its key ranges, merged in order:
+// range r holds m[r * stride], l[r * stride], acc + r * acc_stride; the
+// merged m_all, l_all and acc_all (Ev) are ready for finish_row.
 template <class T>
 void merge_ranges(std::int64_t ranges, const T* m, const T* l, std::int64_t stride, const T* acc,
-                  std::int64_t acc_stride, std::int64_t Ev, T* out, T* lse) {
-  T m_all = kNegInf<T>;
+                  std::int64_t acc_stride, std::int64_t Ev, T& m_all, T& l_all, T* acc_all) {
+  m_all = kNegInf<T>;
   for (std::int64_t r = 0; r < ranges; ++r) m_all = nan_max(m_all, m[r * stride]);
-  if (m_all == kNegInf<T>) return finish_row(m_all, T(0), acc, Ev, out, lse);
-  T l_all = T(0);
-  std::fill(out, out + Ev, T(0));
+  l_all = T(0);
+  std::fill(acc_all, acc_all + Ev, T(0));
+  if (m_all == kNegInf<T>) return;
   for (std::int64_t r = 0; r < ranges; ++r) {
     const T w = std::exp(m[r * stride] - m_all);
     if (w == T(0)) continue;
     l_all += w * l[r * stride];
-    for (std::int64_t e = 0; e < Ev; ++e) out[e] += w * acc[r * acc_stride + e];
+    for (std::int64_t e = 0; e < Ev; ++e) acc_all[e] += w * acc[r * acc_stride + e];
   }
-  finish_row(m_all, l_all, out, Ev, out, lse);
 }
 
-// Replaces row[0..n) by softmax(row[0..visible)) followed by zeros: the keys
-// from `visible` on are cut off by the causal rule.
+// An attention sink: one more logit in the row's softmax, with no value.
+// A row that saw no key ends with zeros and an LSE of the sink.
 template <class T>
-void softmax_row(T* row, std::int64_t visible, std::int64_t n) {
-  T m = kNegInf<T>;
-  for (std::int64_t j = 0; j < visible; ++j) m = nan_max(m, row[j]);
-  if (m == kNegInf<T>) {
-    std::fill(row, row + n, T(0));
+void add_sink(T sink, T& m, T& l, T* acc, std::int64_t Ev) {
+  const T m_new = nan_max(m, sink);
+  if (m_new == m) {
+    l += std::exp(sink - m);
     return;
   }
-  T sum = T(0);
-  for (std::int64_t j = 0; j < visible; ++j) sum += row[j] = std::exp(row[j] - m);
+  const T alpha = m == kNegInf<T> ? T(0) : std::exp(m - m_new);
+  l = l * alpha + std::exp(sink - m_new);
+  for (std::int64_t e = 0; e < Ev; ++e) acc[e] = alpha == T(0) ? T(0) : acc[e] * alpha;
+  m = m_new;
+}
+
+// Replaces row[0..n) by softmax(row[begin..end)) (with the sink, -inf if
+// none, in the denominator) and zeros outside [begin, end): the keys the
+// causal rule and the window hide.
+template <class T>
+void softmax_row(T* row, std::int64_t begin, std::int64_t end, std::int64_t n, T sink) {
+  T m = sink;
+  for (std::int64_t j = begin; j < end; ++j) m = nan_max(m, row[j]);
+  std::fill(row, row + begin, T(0));
+  if (m == kNegInf<T> || end <= begin) {
+    std::fill(row + begin, row + n, T(0));
+    return;
+  }
+  T sum = std::exp(sink - m);
+  for (std::int64_t j = begin; j < end; ++j) sum += row[j] = std::exp(row[j] - m);
   const T inv = T(1) / sum;
-  for (std::int64_t j = 0; j < visible; ++j) row[j] *= inv;
-  std::fill(row + visible, row + n, std::isnan(sum) ? sum : T(0));
+  for (std::int64_t j = begin; j < end; ++j) row[j] *= inv;
+  std::fill(row + end, row + n, std::isnan(sum) ? sum : T(0));
+  if (std::isnan(sum)) std::fill(row, row + begin, sum);
 }
 
 }  // namespace dotattn::detail

@@ -16,12 +16,14 @@ namespace dotattn::detail {
 
 inline std::int64_t stored_size(DType dtype) {
   switch (dtype) {
-    case DType::float64: return 8;
+    case DType::float64:
+    case DType::int64: return 8;
     case DType::float16:
     case DType::bfloat16: return 2;
     case DType::int8:
     case DType::boolean: return 1;
-    case DType::float32: return 4;
+    case DType::float32:
+    case DType::int32: return 4;
   }
   return 4;
 }
@@ -41,7 +43,11 @@ class OperandRows {
   // Rows of head `head` in batch b of an operand with `cols` columns.
   OperandRows(const Problem& p, const Layout& rows, const Storage& storage, std::int64_t b,
               std::int64_t head, std::int64_t cols, const kernels::BlockKernels<T>& kern)
-      : kern_(kern), cols_(cols), widens_(detail::widens(storage, dtype_of<T>::value)) {
+      : kern_(kern),
+        cols_(cols),
+        widens_(detail::widens(storage, dtype_of<T>::value)),
+        rows_(rows),
+        scales_(storage.scale) {
     const std::int64_t first = batch_offset(p, rows, b) + head * rows.head;
     stored_.dtype = storage.dtype;
     stored_.data = static_cast<const char*>(rows.data) + first * stored_size(storage.dtype);
@@ -58,18 +64,23 @@ class OperandRows {
   // Whether the rows are stored in another format than T.
   bool widens() const { return widens_; }
 
-  // The stored rows from row j0 on, for the kernels that widen as they load.
+  // The end of the run of rows from j0 (before `end`) that the calls below
+  // may read together: a paged cache's rows are evenly spaced within a page.
+  std::int64_t run_end(std::int64_t j0, std::int64_t end) const { return rows_.run_end(j0, end); }
+
+  // The stored rows from row j0 on (to its run's end), for the kernels that
+  // widen as they load.
   kernels::StoredRows stored_from(std::int64_t j0) const {
     kernels::StoredRows from = stored_;
-    from.data = static_cast<const char*>(stored_.data) + j0 * stored_.stride * stored_size(stored_.dtype);
-    if (from.scale) from.scale += j0 * stored_.scale_stride;
+    from.data = static_cast<const char*>(stored_.data) + rows_.row_offset(j0) * stored_size(stored_.dtype);
+    if (from.scale) from.scale += scales_.row_offset(j0);
     return from;
   }
 
-  // Rows [j0, j0 + n) as T; scratch (n x cols) receives them when they are
-  // widened.
+  // Rows [j0, j0 + n) of one run as T; scratch (n x cols) receives them
+  // when they are widened.
   Rows block(std::int64_t j0, std::int64_t n, T* scratch) const {
-    if (!widens_) return {static_cast<const T*>(stored_.data) + j0 * stored_.stride, stored_.stride};
+    if (!widens_) return {static_cast<const T*>(stored_.data) + rows_.row_offset(j0), stored_.stride};
     kern_.widen(stored_from(j0), n, cols_, scratch);
     return {scratch, cols_};
   }
@@ -78,6 +89,7 @@ class OperandRows {
   const kernels::BlockKernels<T>& kern_;
   std::int64_t cols_;
   bool widens_;
+  Layout rows_, scales_;
   kernels::StoredRows stored_;
 };
 

@@ -3,7 +3,9 @@
 // mask and the scale. check.cpp builds it; the loops read nothing else.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "dotattn/dotattn.hpp"
 
@@ -15,6 +17,30 @@ struct Layout {
   std::int64_t head = 0;
   std::int64_t row = 0;
   std::int64_t col = 1;
+  // A paged KV cache: row j is row j % page_size of page pages[j /
+  // page_size], which starts page_stride elements after the previous one.
+  const std::int32_t* pages = nullptr;
+  std::int64_t page_size = 0, page_stride = 0;
+
+  // Element offset of row j, from the start of its head.
+  std::int64_t row_offset(std::int64_t j) const {
+    if (!pages) return j * row;
+    return pages[j / page_size] * page_stride + j % page_size * row;
+  }
+  // The end of the run of rows from j0 (before `end`) that lie evenly
+  // spaced by `row`: the rest of j0's page, or all of them.
+  std::int64_t run_end(std::int64_t j0, std::int64_t end) const {
+    return pages ? std::min(end, (j0 / page_size + 1) * page_size) : end;
+  }
+};
+
+// Where row r of query head h of batch entry b lands in a result: element
+// b * batch + h * head + r * row, its columns contiguous.
+struct ResultLayout {
+  std::int64_t batch = 0, head = 0, row = 0;
+  std::int64_t at(std::int64_t b, std::int64_t h, std::int64_t r) const {
+    return b * batch + h * head + r * row;
+  }
 };
 
 // How a key or value operand is stored: its dtype and, for int8, where its
@@ -38,12 +64,30 @@ struct Problem {
   Layout mask;  // expanded to (batch..., Hq, L, S); broadcast dims have stride 0
   Causal causal = Causal::none;
   double scale = 1.0;
-  // C-contiguous outputs: (batch, Hq, L, Ev) for attention, (batch, Hq, L, S)
-  // for weights; lse (batch, Hq, L) or null.
+  Window window;        // -1: that side unbounded
+  double softcap = 0;   // 0: none
+  std::vector<double> alibi_slopes;  // Hq each, or empty: none
+  std::vector<double> sinks;
+  // The outputs: (batch, Hq, L, Ev) for attention, (batch, Hq, L, S) for
+  // weights, C-contiguous unless a packed batch's call laid them out
+  // otherwise; lse (batch, Hq, L) or null.
   void* out = nullptr;
   void* lse = nullptr;
+  ResultLayout out_rows, lse_rows;
 
   std::int64_t heads_per_kv() const { return Hkv > 0 ? Hq / Hkv : 1; }
+
+  // Row i's position among the keys, i' = i + position_offset(), by which
+  // the causal rule, the window and ALiBi measure distances.
+  std::int64_t position_offset() const { return causal == Causal::upper_left ? 0 : S - L; }
+
+  // The most keys `rows` consecutive query rows see together: S, or less
+  // under a window bounded on both sides (a causal rule bounds the right).
+  std::int64_t key_span(std::int64_t rows) const {
+    const std::int64_t right = causal != Causal::none ? 0 : window.right;
+    if (window.left < 0 || right < 0) return S;
+    return std::min(S, window.left + std::min(right, S) + rows);
+  }
 };
 
 // Element offset of flat batch index b (row-major over batch_shape).
@@ -56,12 +100,33 @@ inline std::int64_t batch_offset(const Problem& p, const Layout& t, std::int64_t
   return offset;
 }
 
+// Element offset of row r (row-major over every dim but the last).
+inline std::int64_t row_offset(std::int64_t r, const Dims& shape, const Dims& strides) {
+  std::int64_t offset = 0;
+  for (std::size_t d = shape.size() - 1; d-- > 0;) {
+    offset += (r % shape[d]) * strides[d];
+    r /= shape[d];
+  }
+  return offset;
+}
+
 // Both check every argument and throw argument_error / dtype_error before
 // anything is written. A null out checks the inputs alone.
 Problem check_attention(const TensorView& query, const TensorView& key, const TensorView& value,
                         const OutputView* out, const Options& options);
 Problem check_weights(const TensorView& query, const TensorView& key, const OutputView* weights,
                       const Options& options);
+
+// attention_varlen's and attention_paged's arguments, checked: one Problem
+// per sequence, sharing everything but L, S and where their rows are.
+std::vector<Problem> check_varlen(const TensorView& query, const TensorView& key,
+                                  const TensorView& value, const TensorView& cu_seqlens_q,
+                                  const TensorView& cu_seqlens_k, const OutputView& out,
+                                  const Options& options);
+std::vector<Problem> check_paged(const TensorView& query, const TensorView& cu_seqlens_q,
+                                 const TensorView& key_cache, const TensorView& value_cache,
+                                 const TensorView& block_table, const TensorView& seq_lens_k,
+                                 const OutputView& out, const Options& options);
 
 // The group of a quantized view (int8 data with scales that fit it).
 std::int64_t checked_quantized(const TensorView& t);
@@ -72,6 +137,18 @@ struct QuantizePlan {
   std::int64_t group = 1;
 };
 QuantizePlan check_quantize(const TensorView& x, const QuantizedOutput& out);
+
+// merge's arguments, checked: `rows` rows of Ev. Shard i's out rows are
+// outs[i] (shape (..., Ev)); its LSEs are read as a (..., 1) view with
+// lse_shape and lse_strides[i].
+struct MergePlan {
+  std::int64_t rows = 0, Ev = 0;
+  DType dtype = DType::float32;
+  Dims lse_shape;
+  std::vector<Dims> lse_strides;
+};
+MergePlan check_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
+                      const OutputView& out, const std::optional<OutputView>& lse);
 
 // query's shape with its last dim (E) replaced: by Ev for the attention
 // result, by S for the weights.

@@ -19,19 +19,9 @@
 namespace dotattn {
 namespace {
 
-// Element offset of row r (row-major over every dim but the last).
-std::int64_t row_offset(std::int64_t r, const Dims& shape, const Dims& strides) {
-  std::int64_t offset = 0;
-  for (std::size_t d = shape.size() - 1; d-- > 0;) {
-    offset += (r % shape[d]) * strides[d];
-    r /= shape[d];
-  }
-  return offset;
-}
-
 // Row r of x as float32: in place, or widened into buffer.
 const float* row_of(const TensorView& x, std::int64_t r, float* buffer) {
-  const std::int64_t offset = row_offset(r, x.shape, x.strides);
+  const std::int64_t offset = detail::row_offset(r, x.shape, x.strides);
   if (x.dtype == DType::float32) return static_cast<const float*>(x.data) + offset;
   kernels::StoredRows from;
   from.dtype = x.dtype;
@@ -109,8 +99,8 @@ void quantize_int8(const TensorView& x, const QuantizedOutput& out) {
     const std::int64_t end = std::min(plan.rows, (item + 1) * kRowsPerItem);
     for (std::int64_t r = item * kRowsPerItem; r < end; ++r) {
       const float* row = row_of(x, r, buffer.data());
-      std::int8_t* data = out.data + row_offset(r, x.shape, out.strides);
-      float* scale = out.scale + row_offset(r, out.scale_shape, out.scale_strides);
+      std::int8_t* data = out.data + detail::row_offset(r, x.shape, out.strides);
+      float* scale = out.scale + detail::row_offset(r, out.scale_shape, out.scale_strides);
       for (std::int64_t g = 0; g * plan.group < E; ++g)
         quantize_group(row + g * plan.group, plan.group, data + g * plan.group, scale + g);
     }

@@ -58,16 +58,18 @@ inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
   const std::int64_t per_key =
       (p.E + p.Ev + b.tile_rows) * static_cast<std::int64_t>(elem_size);
   b.keys = std::clamp<std::int64_t>(kTileBytes / per_key / 16 * 16, 16, 512);
-  b.keys = std::min(b.keys, std::max<std::int64_t>(p.S, 1));
+  // The keys one row block sees: fewer than S under a window.
+  const std::int64_t span = std::max<std::int64_t>(p.key_span(b.rows), 1);
+  b.keys = std::min(b.keys, span);
 
-  b.split_keys = std::max<std::int64_t>(p.S, 1);
+  b.split_keys = span;
   const std::int64_t row_items = b.row_items(p);
   if (purpose == Purpose::attention && row_items > 0 && row_items < kSplitBelow) {
     const std::int64_t ranges =
-        std::min(p.S / kMinSplitKeys, std::max<std::int64_t>(kMaxItems / row_items, 1));
-    if (ranges > 1) b.split_keys = round_up(ceil_div(p.S, ranges), b.keys);
+        std::min(span / kMinSplitKeys, std::max<std::int64_t>(kMaxItems / row_items, 1));
+    if (ranges > 1) b.split_keys = round_up(ceil_div(span, ranges), b.keys);
   }
-  b.splits = ceil_div(std::max<std::int64_t>(p.S, 1), b.split_keys);
+  b.splits = ceil_div(span, b.split_keys);
   return b;
 }
 
@@ -78,10 +80,11 @@ struct RowBlock {
   std::int64_t b, h0, heads, hk, r0, rows;
 
   std::int64_t tile_rows() const { return heads * rows; }
+  std::int64_t head_of(std::int64_t t) const { return h0 + t / rows; }
 
-  // Offset of tile row t in a C-contiguous (batch, Hq, L, cols) result.
-  std::int64_t result_offset(const Problem& p, std::int64_t t, std::int64_t cols) const {
-    return ((b * p.Hq + h0 + t / rows) * p.L + r0 + t % rows) * cols;
+  // Offset of tile row t in a result laid out so.
+  std::int64_t result_offset(const ResultLayout& result, std::int64_t t) const {
+    return result.at(b, head_of(t), r0 + t % rows);
   }
 };
 
@@ -106,7 +109,7 @@ inline RowBlock row_block(const Problem& p, const Blocking& blk, std::int64_t ro
 template <class T>
 const T* operand_rows(const Problem& p, const Layout& t, std::int64_t b, std::int64_t head,
                       std::int64_t row) {
-  return static_cast<const T*>(t.data) + batch_offset(p, t, b) + head * t.head + row * t.row;
+  return static_cast<const T*>(t.data) + batch_offset(p, t, b) + head * t.head + t.row_offset(row);
 }
 
 // 64-byte aligned scratch arrays.

@@ -17,28 +17,33 @@ namespace {
 
 template <class T>
 struct WeightsTile {
-  AlignedArray<T> q, st, wk;  // wk: a block of keys widened, if stored in another format
+  // wk: a block of keys widened, if stored in another format; bias: the
+  // ALiBi slopes and positions.
+  AlignedArray<T> q, st, wk, bias;
 
   WeightsTile(const Problem& p, const Blocking& blk)
       : q(aligned_array<T>(p.E * blk.tile_rows)),
         st(aligned_array<T>(blk.keys * blk.tile_rows)),
-        wk(aligned_array<T>(widens(p.k_storage, p.dtype) ? blk.keys * p.E : 0)) {}
+        wk(aligned_array<T>(widens(p.k_storage, p.dtype) ? blk.keys * p.E : 0)),
+        bias(aligned_array<T>(p.alibi_slopes.empty() ? 0 : 2 * blk.tile_rows)) {}
 };
 
 template <class T>
 void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
                      const Blocking& blk, const RowBlock& rb, WeightsTile<T>& t) {
-  const MaskedScores<T> scores(p, kern, rb, t.q.get(), blk.tile_rows, t.wk.get());
-  T* w = static_cast<T*>(p.out) + rb.result_offset(p, 0, p.S);
+  const MaskedScores<T> scores(p, kern, rb, blk.tile_rows, {t.q.get(), t.wk.get(), t.bias.get()});
+  T* w = static_cast<T*>(p.out) + rb.result_offset(p.out_rows, 0);
 
   const std::int64_t kv_end = scores.key_end();
-  for (std::int64_t j0 = 0; j0 < kv_end; j0 += blk.keys) {
+  for (std::int64_t j0 = scores.key_begin(); j0 < kv_end; j0 += blk.keys) {
     const std::int64_t keys = std::min(blk.keys, kv_end - j0);
     scores.compute(j0, keys, t.st.get());
     for (std::int64_t i = 0; i < rb.rows; ++i)
       for (std::int64_t j = 0; j < keys; ++j) w[i * p.S + j0 + j] = t.st[j * blk.tile_rows + i];
   }
-  for (std::int64_t i = 0; i < rb.rows; ++i) softmax_row(w + i * p.S, scores.visible_keys(i), p.S);
+  const T sink = p.sinks.empty() ? kNegInf<T> : static_cast<T>(p.sinks[static_cast<std::size_t>(rb.h0)]);
+  for (std::int64_t i = 0; i < rb.rows; ++i)
+    softmax_row(w + i * p.S, scores.key_begin(i), scores.key_end(i), p.S, sink);
 }
 
 }  // namespace

@@ -37,6 +37,18 @@ class Causal:
     @property
     def value(self) -> int: ...
 
+class ScoreOptions:
+    """window, softcap, alibi_slopes and sinks, as dotattn.attention takes
+    them (window sides -1 for unbounded)."""
+
+    def __init__(
+        self,
+        window: tuple[int, int] | None,
+        softcap: float | None,
+        alibi_slopes: NDArray[np.floating[Any]] | None,
+        sinks: NDArray[np.floating[Any]] | None,
+    ) -> None: ...
+
 # Returns (out, lse): out is the `out` argument when one is given, else a new
 # array of the query's dtype; lse is None unless return_lse.
 @overload
@@ -49,6 +61,7 @@ def attention(
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
+    options: ScoreOptions,
     out: NDArray[np.floating[Any]] | None,
     return_lse: Literal[False],
 ) -> tuple[NDArray[np.floating[Any]], None]: ...
@@ -62,6 +75,7 @@ def attention(
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
+    options: ScoreOptions,
     out: NDArray[np.floating[Any]] | None,
     return_lse: Literal[True],
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
@@ -75,6 +89,7 @@ def attention(
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
+    options: ScoreOptions,
     out: NDArray[np.floating[Any]] | None,
     return_lse: bool,
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
@@ -85,7 +100,46 @@ def attention_weights(
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
+    options: ScoreOptions,
 ) -> NDArray[np.floating[Any]]: ...
+
+# Packed and paged calls return (out, lse) as attention does.
+def attention_varlen(
+    query: NDArray[np.floating[Any]],
+    key: NDArray[Any],
+    value: NDArray[Any],
+    key_scale: NDArray[np.float32] | None,
+    value_scale: NDArray[np.float32] | None,
+    cu_seqlens_q: NDArray[np.int32],
+    cu_seqlens_k: NDArray[np.int32],
+    causal: Causal,
+    scale: float | None,
+    options: ScoreOptions,
+    out: NDArray[np.floating[Any]] | None,
+    return_lse: bool,
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
+def attention_paged(
+    query: NDArray[np.floating[Any]],
+    cu_seqlens_q: NDArray[np.int32],
+    key_cache: NDArray[Any],
+    value_cache: NDArray[Any],
+    key_scale: NDArray[np.float32] | None,
+    value_scale: NDArray[np.float32] | None,
+    block_table: NDArray[np.int32],
+    seq_lens_k: NDArray[np.int32],
+    causal: Causal,
+    scale: float | None,
+    options: ScoreOptions,
+    out: NDArray[np.floating[Any]] | None,
+    return_lse: bool,
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
+
+# Returns (out, lse): out is the `out` argument when one is given.
+def merge(
+    outs: list[NDArray[np.floating[Any]]],
+    lses: list[NDArray[np.floating[Any]]],
+    out: NDArray[np.floating[Any]] | None,
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
 def quantization_group(data: NDArray[np.int8], scale: NDArray[np.float32]) -> int: ...
 def quantize_int8(x: NDArray[Any], data: NDArray[np.int8], scale: NDArray[np.float32]) -> None: ...
 

@@ -25,7 +25,8 @@ namespace dotattn {
 
 // float16 (IEEE binary16), bfloat16 and int8 are storage formats of key and
 // value (the KV cache); the query and the results are float32 or float64.
-enum class DType { float32, float64, boolean, float16, bfloat16, int8 };
+// int32 and int64: the index arrays of packed and paged batches.
+enum class DType { float32, float64, boolean, float16, bfloat16, int8, int32, int64 };
 
 const char* dtype_name(DType dtype) noexcept;
 
@@ -44,6 +45,8 @@ template <> struct dtype_of<bool> { static constexpr DType value = DType::boolea
 template <> struct dtype_of<float16_t> { static constexpr DType value = DType::float16; };
 template <> struct dtype_of<bfloat16_t> { static constexpr DType value = DType::bfloat16; };
 template <> struct dtype_of<std::int8_t> { static constexpr DType value = DType::int8; };
+template <> struct dtype_of<std::int32_t> { static constexpr DType value = DType::int32; };
+template <> struct dtype_of<std::int64_t> { static constexpr DType value = DType::int64; };
 
 using Dims = std::vector<std::int64_t>;
 
@@ -128,6 +131,15 @@ void quantize_int8(const TensorView& x, const QuantizedOutput& out);
 //   lower_right: query i sees keys j <= i + S - L    (the KV-cache convention)
 enum class Causal { none, upper_left, lower_right };
 
+// A sliding window: query i sees key j only for i' - left <= j <= i' + right,
+// where i' = i under Causal::upper_left and i + S - L otherwise (the
+// bottom-right alignment of lower_right, also without causal). -1 leaves a
+// side unbounded.
+struct Window {
+  std::int64_t left = -1;
+  std::int64_t right = -1;
+};
+
 struct Options {
   // Boolean (true = may attend) or additive, of the inputs' float dtype;
   // broadcastable to (..., Hq, L, S), read through its strides.
@@ -135,6 +147,19 @@ struct Options {
   Causal causal = Causal::none;
   // Default 1/sqrt(E); any finite value.
   std::optional<double> scale;
+  // Keys outside the window are hidden, and never read: the cost grows with
+  // the window, not with S.
+  std::optional<Window> window;
+  // Logit soft-capping: each scaled score s becomes softcap * tanh(s /
+  // softcap), before the mask and the ALiBi bias; softcap > 0.
+  std::optional<double> softcap;
+  // ALiBi: (Hq,) float32 or float64; adds -alibi_slopes[h] * |i' - j| to the
+  // score of query head h, row i, key j (i' as for the window).
+  std::optional<TensorView> alibi_slopes;
+  // Attention sinks: (Hq,) float32 or float64, finite; one extra logit per
+  // head that joins the softmax denominator and contributes no value. The
+  // LSE includes it; a row that sees no key gets zeros and an LSE of sinks[h].
+  std::optional<TensorView> sinks;
   // attention() only: log-sum-exp of the scaled, masked scores, shape
   // (..., Hq, L), in the inputs' dtype; -inf for a row that sees no key.
   std::optional<OutputView> lse;
@@ -172,6 +197,51 @@ Dims attention_weights_shape(const TensorView& query, const TensorView& key,
 // weights; each row sums to 1, a row that sees no key is all zeros.
 void attention_weights(const TensorView& query, const TensorView& key, const OutputView& weights,
                        const Options& options = {});
+
+// Packed variable-length batches (flash-attn's varlen layout): B sequences
+// of different lengths, token-major. Sequence b's queries are rows
+// [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of query (total_q, Hq, E), its
+// keys and values rows [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of key
+// (total_k, Hkv, E) and value (total_k, Hkv, Ev), in any format attention()
+// reads (an int8 one with scales (total_k, Hkv, groups)). cu_seqlens_q and
+// cu_seqlens_k: int32 or int64 (B + 1,), rising from 0 to total_q and
+// total_k. Each sequence is attention() of its own L and S, with every
+// option but mask (the causal rule and window aligned by its own L and S;
+// flash-attn's causal=True is Causal::lower_right). out (total_q, Hq, Ev),
+// C-contiguous; options.lse (Hq, total_q), flash-attn's layout.
+void attention_varlen(const TensorView& query, const TensorView& key, const TensorView& value,
+                      const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                      const OutputView& out, const Options& options = {});
+
+// A paged KV cache (vLLM's layout): key_cache (num_pages, page_size, Hkv,
+// E) and value_cache (num_pages, page_size, Hkv, Ev), in any format
+// attention() reads (int8 with scales (num_pages, page_size, Hkv, groups));
+// any strides (vLLM's (2, num_blocks, Hkv, block_size, E) cache passes as
+// cache[0] with dims 1 and 2 swapped); block_table int32 (B, max_pages),
+// unit stride in its last dim; seq_lens_k int32 or int64 (B,). Sequence
+// b's key j (j < seq_lens_k[b]) is slot j % page_size of page
+// block_table[b][j / page_size]; entries past a sequence's last page are
+// not read. Queries packed as in attention_varlen: query (total_q, Hq, E)
+// with cu_seqlens_q (B + 1,); decoding has one query per sequence
+// (cu_seqlens_q = 0, 1, ..., B). Options, out and lse as
+// attention_varlen's. Page indices and lengths are checked against the
+// cache before anything is read.
+void attention_paged(const TensorView& query, const TensorView& cu_seqlens_q,
+                     const TensorView& key_cache, const TensorView& value_cache,
+                     const TensorView& block_table, const TensorView& seq_lens_k,
+                     const OutputView& out, const Options& options = {});
+
+// The exact combination of attention results computed over disjoint key
+// sets (split-K, KV shards): outs[i] of shape (..., Ev) and lses[i] of shape
+// (...), any strides, all float32 or all float64. With m = max_i lses[i]:
+// out = sum_i exp(lses[i] - m) outs[i] / sum_i exp(lses[i] - m) and
+// lse = m + log(sum_i exp(lses[i] - m)). A shard whose LSE is -inf (it saw
+// no key) contributes nothing, whatever its out holds; a row with every LSE
+// -inf gets zeros and -inf, as a fully masked row of attention() does.
+// out (and lse, if given) are C-contiguous, written only after every
+// argument is checked.
+void merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
+           const OutputView& out, const std::optional<OutputView>& lse = std::nullopt);
 
 // Threads used by one call. Until set, OpenMP's default for the calling
 // thread (which honours OMP_NUM_THREADS). n must be >= 1. In a process

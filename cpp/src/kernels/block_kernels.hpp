@@ -9,7 +9,8 @@
 //   zero, set1, load, store (unaligned), load_partial / store_partial (the
 //   first n lanes, touching no memory beyond them), add, sub, mul,
 //   fmadd(a, b, c) = a * b + c, min and max (b if either is NaN), max_nan
-//   (NaN if either is NaN), exp, low_bits_as_exponent (the float with the
+//   (NaN if either is NaN), div, select_lt(a, b, x, y) = a < b ? x : y,
+//   exp, tanh, low_bits_as_exponent (the float with the
 //   low 9 bits of t's bits as its exponent field), and the
 //   tile sizes kScoreKeys x kScoreRowVecs (score tile) and
 //   kPvRows x kPvColVecs (P·V tile), chosen so the accumulators stay in
@@ -499,9 +500,30 @@ struct BlockKernelsFor {
     });
   }
 
+  static void soft_cap(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, T cap) {
+    const R c = V::set1(cap), inv = V::set1(T(1) / cap);
+    for (std::int64_t j = 0; j < keys; ++j)
+      for (std::int64_t i = 0; i < rows; i += N) {
+        T* s = st + j * st_ld + i;
+        V::store(s, V::mul(c, V::tanh(V::mul(V::load(s), inv))));
+      }
+  }
+
+  static void add_distance_bias(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows,
+                                const T* slope, const T* position, std::int64_t j0) {
+    for (std::int64_t i = 0; i < rows; i += N) {
+      const R a = V::load(slope + i), pos = V::load(position + i);
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const R d = V::sub(pos, V::set1(static_cast<T>(j0 + j)));
+        T* s = st + j * st_ld + i;
+        V::store(s, V::fmadd(a, V::max(d, V::sub(V::zero(), d)), V::load(s)));
+      }
+    }
+  }
+
   static constexpr BlockKernels<T> table(const char* name) {
     BlockKernels<T> t{name,        N,           &score_tile, N / 2,          &score_rows, &block_max,
-                      &exp_sum,    &scale_rows, &pv_accumulate};
+                      &exp_sum,    &soft_cap,   &add_distance_bias, &scale_rows, &pv_accumulate};
     if constexpr (std::is_same_v<T, float>) {
       t.widen = &widen;
       t.score_rows_stored = &score_rows_stored;
@@ -538,6 +560,32 @@ typename V::R exp_negative(typename V::R x) {
   p = V::fmadd(p, r, V::set1(T(5.0000001201e-1)));
   p = V::fmadd(V::mul(p, r), r, V::add(r, V::set1(T(1))));
   return V::mul(p, V::low_bits_as_exponent(t));
+}
+
+// tanh(x) for float x: below |x| = 1/2 its odd Taylor polynomial of degree
+// 13 (truncation under 1e-7 relative there), above it (1 - t) / (1 + t)
+// with t = exp(-2|x|) <= 1/e, which cancels no digits; so the relative
+// error stays within a few ulps everywhere. +-inf give +-1; NaN stays NaN
+// (the comparison fails and takes the polynomial).
+template <class V>
+typename V::R tanh_from_exp(typename V::R x) {
+  using R = typename V::R;
+  using T = typename V::T;
+  const R one = V::set1(T(1));
+  const R minus_x = V::sub(V::zero(), x);
+  const R ax = V::max(x, minus_x);
+  const R t = V::exp(V::mul(ax, V::set1(T(-2))));
+  const R far = V::div(V::sub(one, t), V::add(one, t));
+  const R x2 = V::mul(x, x);
+  R p = V::set1(T(21844.0 / 6081075.0));
+  p = V::fmadd(p, x2, V::set1(T(-1382.0 / 155925.0)));
+  p = V::fmadd(p, x2, V::set1(T(62.0 / 2835.0)));
+  p = V::fmadd(p, x2, V::set1(T(-17.0 / 315.0)));
+  p = V::fmadd(p, x2, V::set1(T(2.0 / 15.0)));
+  p = V::fmadd(p, x2, V::set1(T(-1.0 / 3.0)));
+  const R near = V::fmadd(V::mul(p, x2), x, x);
+  const R signed_far = V::select_lt(x, V::zero(), V::sub(V::zero(), far), far);
+  return V::select_lt(V::set1(T(0.5)), ax, signed_far, near);
 }
 
 }  // namespace dotattn::kernels

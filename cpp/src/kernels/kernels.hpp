@@ -61,6 +61,14 @@ struct BlockKernels {
   // m[i] >= every st[j][i] (or NaN), so the exponent is <= 0.
   T (*exp_sum)(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, const T* m, T* l);
 
+  // The score adjustments between the score tile and the mask, over a
+  // transposed tile (rows a multiple of row_multiple).
+  // soft_cap: st[j][i] = cap * tanh(st[j][i] / cap).
+  void (*soft_cap)(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, T cap);
+  // add_distance_bias (ALiBi): st[j][i] += slope[i] * |position[i] - (j0 + j)|.
+  void (*add_distance_bias)(T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows,
+                            const T* slope, const T* position, std::int64_t j0);
+
   // acc[i][:Ev] *= a[i] for i < rows (rows with a[i] == 1 are left alone;
   // rows with a[i] == 0 become zeros, even where they held inf or NaN).
   void (*scale_rows)(T* acc, std::int64_t acc_ld, std::int64_t rows, std::int64_t Ev, const T* a);

@@ -17,10 +17,21 @@ VecPortableF32::R VecPortableF32::exp(R x) {
   return exp_negative<VecPortableF32>(x);
 }
 
-// The float32 polynomial is not accurate enough for float64's tolerance.
+template <>
+VecPortableF32::R VecPortableF32::tanh(R x) {
+  return tanh_from_exp<VecPortableF32>(x);
+}
+
+// The float32 polynomials are not accurate enough for float64's tolerance.
 template <>
 VecPortableF64::R VecPortableF64::exp(R x) {
   for (std::int64_t i = 0; i < N; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
+
+template <>
+VecPortableF64::R VecPortableF64::tanh(R x) {
+  for (std::int64_t i = 0; i < N; ++i) x[i] = std::tanh(x[i]);
   return x;
 }
 
