@@ -109,6 +109,8 @@ def _window(window: Any) -> tuple[int, int] | None:
     """(left, right) with None as -1 (unbounded); the core checks the values."""
     if window is None:
         return None
+    if isinstance(window, np.ndarray) and window.ndim == 1:
+        window = window.tolist()
     message = f"window must be a pair (left, right) of ints or None; got {window!r}"
     if not isinstance(window, (tuple, list)) or len(window) != 2:
         raise TypeError(message)

@@ -17,6 +17,11 @@ its default group, 32 where 32 divides E), converted from the float32 inputs
 once per shape, outside the timed region; PyTorch and the NumPy reference
 keep the float32 inputs.
 
+--inference [CASE ...] times the serving entry points and score options
+instead (paged decode against contiguous, varlen against padded, a sliding
+window against full attention, softcap/ALiBi/sinks against plain); see
+dotattn._bench_inference.
+
 --cold evicts the last-level cache before each timed call of dotattn and
 PyTorch, as in a decoding model, whose per-layer KV caches do not stay in
 cache between one layer's calls: dotattn._core.stream_read reads a buffer of
@@ -59,7 +64,7 @@ from typing import Any, Callable
 import numpy as np
 
 import dotattn
-from dotattn import reference
+from dotattn import _bench_inference, reference
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="L",
         help=f"sequence lengths of the --plot sweep (default: {' '.join(map(str, SWEEP_LENGTHS))})",
     )
+    _bench_inference.add_arguments(parser)
     parser.add_argument(
         "--sgemm-size",
         type=int,
@@ -229,6 +235,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         dotattn.set_num_threads(threads)
         if torch:
             torch.set_num_threads(threads)
+        if args.inference is not None:
+            return _bench_inference.run(args, repeat)
         return _benchmark(args, repeat, threads, torch)
     finally:
         dotattn.set_num_threads(threads_before)

@@ -19,7 +19,7 @@ VecPortableF32::R VecPortableF32::exp(R x) {
 
 template <>
 VecPortableF32::R VecPortableF32::tanh(R x) {
-  return tanh_from_exp<VecPortableF32>(x);
+  return tanh_rational<VecPortableF32>(x);
 }
 
 // The float32 polynomials are not accurate enough for float64's tolerance.

@@ -37,7 +37,6 @@ struct VecAvx2F32 {
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
-  static R select_lt(R a, R b, R x, R y) { return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
   static R min(R a, R b) { return _mm256_min_ps(a, b); }
   static R max(R a, R b) { return _mm256_max_ps(a, b); }
   // maxps returns its second operand when either is NaN; keep a NaN in a.

@@ -33,9 +33,6 @@ struct VecAvx512F32 {
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R div(R a, R b) { return _mm512_div_ps(a, b); }
-  static R select_lt(R a, R b, R x, R y) {
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
-  }
   static R min(R a, R b) { return _mm512_min_ps(a, b); }
   static R max(R a, R b) { return _mm512_max_ps(a, b); }
   // vmaxps returns its second operand when either is NaN; keep a NaN in a.

@@ -42,7 +42,6 @@ struct VecPortable {
   static R mul(R a, R b) { return a * b; }
   static R fmadd(R a, R b, R c) { return a * b + c; }
   static R div(R a, R b) { return a / b; }
-  static R select_lt(R a, R b, R x, R y) { return a < b ? x : y; }
   static R min(R a, R b) { return a < b ? a : b; }
   static R max(R a, R b) { return a > b ? a : b; }
   static R max_nan(R a, R b) { return (a > b || a != a) ? a : b; }
