@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <sstream>
 
@@ -14,9 +15,26 @@ std::string describe(const Sizes& n) {
   return os.str();
 }
 
+std::string describe(const ScoreOptions& o) {
+  std::ostringstream os;
+  os << "window=";
+  if (o.window)
+    os << "(" << o.window->left << ", " << o.window->right << ")";
+  else
+    os << "none";
+  os << " softcap=";
+  if (o.softcap)
+    os << *o.softcap;
+  else
+    os << "none";
+  os << " alibi=" << (o.alibi_slopes.empty() ? "no" : "yes");
+  os << " sinks=" << (o.sinks.empty() ? "no" : "yes");
+  return os.str();
+}
+
 Expected naive_attention(const Sizes& n, const std::vector<double>& q, const std::vector<double>& k,
                          const std::vector<double>& v, double scale, dotattn::Causal causal,
-                         const MaskFunction& mask) {
+                         const MaskFunction& mask, const ScoreOptions& options) {
   const double inf = std::numeric_limits<double>::infinity();
   Expected r;
   r.out.assign(n.B * n.Hq * n.L * n.Ev, 0.0);
@@ -24,28 +42,42 @@ Expected naive_attention(const Sizes& n, const std::vector<double>& q, const std
   r.weights.assign(n.B * n.Hq * n.L * n.S, 0.0);
   const std::int64_t group = n.Hq / n.Hkv;
   std::vector<double> scores(n.S);
+  // -1 (or no window): an unbounded side.
+  const std::int64_t left = options.window ? options.window->left : -1;
+  const std::int64_t right = options.window ? options.window->right : -1;
 
   for (std::int64_t b = 0; b < n.B; ++b)
     for (std::int64_t h = 0; h < n.Hq; ++h)
       for (std::int64_t i = 0; i < n.L; ++i) {
         const std::int64_t row = (b * n.Hq + h) * n.L + i;  // of out, lse and weights
         const std::int64_t kv = b * n.Hkv + h / group;       // key/value head
-        // 1. scaled scores, masked
+        // The row's position among the keys.
+        const std::int64_t at = causal == dotattn::Causal::upper_left ? i : i + n.S - n.L;
+        // 1. scaled scores, capped, biased, masked
         for (std::int64_t j = 0; j < n.S; ++j) {
           bool visible = true;
-          if (causal == dotattn::Causal::upper_left) visible = j <= i;
-          if (causal == dotattn::Causal::lower_right) visible = j <= i + n.S - n.L;
+          if (causal != dotattn::Causal::none) visible = j <= at;
+          if (left >= 0) visible = visible && j >= at - left;
+          if (right >= 0) visible = visible && j <= at + right;
           double dot = 0;
           for (std::int64_t e = 0; e < n.E; ++e)
             dot += q[row * n.E + e] * k[(kv * n.S + j) * n.E + e];
-          scores[j] = visible ? dot * scale + (mask ? mask(b, h, i, j) : 0.0) : -inf;
+          double s = dot * scale;
+          if (options.softcap) s = *options.softcap * std::tanh(s / *options.softcap);
+          if (!options.alibi_slopes.empty())
+            s -= options.alibi_slopes[h] * static_cast<double>(std::abs(at - j));
+          scores[j] = visible ? s + (mask ? mask(b, h, i, j) : 0.0) : -inf;
         }
-        // 2. the row's max; a row that sees no key keeps zeros and an LSE of -inf
-        double m = -inf;
+        // 2. the row's max, with the sink; a row that sees no key (and has
+        // no sink) keeps zeros and an LSE of -inf
+        const bool has_sink = !options.sinks.empty();
+        const double sink = has_sink ? options.sinks[h] : -inf;
+        double m = sink;
         for (std::int64_t j = 0; j < n.S; ++j) m = std::max(m, scores[j]);
         if (m == -inf) continue;
-        // 3. softmax, LSE, weighted sum of the values (a zero weight adds nothing)
-        double sum = 0;
+        // 3. softmax (the sink in the denominator), LSE, weighted sum of the
+        // values (a zero weight adds nothing)
+        double sum = has_sink ? std::exp(sink - m) : 0.0;
         for (std::int64_t j = 0; j < n.S; ++j) sum += std::exp(scores[j] - m);
         r.lse[row] = m + std::log(sum);
         for (std::int64_t j = 0; j < n.S; ++j) {

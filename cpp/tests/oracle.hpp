@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,11 +32,30 @@ struct Expected {
   std::vector<double> weights;  // (B, Hq, L, S)
 };
 
+// The score options of dotattn::Options (reference.py's rules 2 to 8): a
+// window, a soft cap, and ALiBi slopes and sinks per query head (empty for
+// none). Row i's position among the keys is i' = i under upper_left and
+// i + S - L otherwise.
+struct ScoreOptions {
+  std::optional<dotattn::Window> window;
+  std::optional<double> softcap;
+  std::vector<double> alibi_slopes;  // (Hq,) or empty
+  std::vector<double> sinks;         // (Hq,) or empty
+};
+
+std::string describe(const ScoreOptions& o);
+
 // q (B, Hq, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev), C-contiguous; mask
-// may be empty. Query head h reads key/value head h / (Hq / Hkv).
+// may be empty. Query head h reads key/value head h / (Hq / Hkv). The score
+// of key j: dot * scale, then softcap * tanh(score / softcap), then
+// - alibi_slopes[h] * |i' - j|, then the mask's term; keys hidden by the
+// causal rule or the window get -inf. With sinks, sinks[h] joins each row's
+// softmax denominator: a row that sees no key gets zeros and an LSE of
+// sinks[h] (-inf without sinks), and the weights of a row sum to
+// 1 - exp(sinks[h] - lse).
 Expected naive_attention(const Sizes& n, const std::vector<double>& q, const std::vector<double>& k,
                          const std::vector<double>& v, double scale, dotattn::Causal causal,
-                         const MaskFunction& mask);
+                         const MaskFunction& mask, const ScoreOptions& options = {});
 
 // How far got is from want: "" if it is within tolerance, else what is
 // wrong. Like reference.py's errors(): NaN and +-inf must be in the same
