@@ -46,13 +46,25 @@ cache layouts a model has (token-major, a prefix of a longer cache, keys
 read backwards), masks and causal rules, with moderate values; the
 reference sees the values as stored.
 
-Examples per property are fractions of the profile's (examples()): 540 in
+The score options, the packed calls and merge have properties of their
+own, on standard-normal data held to the plain tolerances: random window,
+softcap, alibi_slopes and sinks (with causal rules, masks, layouts and
+decoding shapes) for attention and attention_weights; attention_varlen
+with random query and key lengths (0 included) in every K/V format;
+attention_paged with random page sizes, pages in random order, spare pages,
+block-table entries past each sequence's pages out of range, NaN in the free
+slots, vLLM's cache view and per-sequence query lengths; and dotattn.merge
+of attention over random shards of the keys (some empty, the sinks on shard
+0) against attention over all of them.
+
+Examples per property are fractions of the profile's (examples()): 788 in
 all per kernel set under the default profile, 7.5 times as many under
 HYPOTHESIS_PROFILE=thorough.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -1045,3 +1057,289 @@ def test_stored_formats_match_the_reference(problem):
     assert_matches(lse, ref_lse, np.float32)
     weights = dotattn.attention_weights(q, k, **kwargs)
     assert_matches(weights, dotattn.reference.attention_weights(q, k, **kwargs), np.float32)
+
+
+# ------------------------------------- score options, packed batches, merge
+
+# The K/V formats a property may draw: bfloat16 only where ml_dtypes imports
+# (conftest.stored would skip the whole property otherwise).
+STORED = [f for f in KV_FORMATS if f != "bfloat16" or importlib.util.find_spec("ml_dtypes")]
+
+
+def score_options(draw, rng, Hq: int) -> dict:
+    """Each of window, softcap, alibi_slopes and sinks present or not, with
+    random values. ALiBi slopes are positive and at most 1/4, so that a row
+    whose nearest key lies up to 100 positions from it (L > S, or L < S with
+    upper-left alignment) still has moderate scores (conftest.py)."""
+    options = {}
+    if draw(st.booleans()):
+        side = st.sampled_from([None, -1, 0, 1, 2, 5, 17, 64, 700])
+        options["window"] = (draw(side), draw(side))
+    if draw(st.booleans()):
+        options["softcap"] = draw(st.floats(0.25, 50.0))
+    if draw(st.booleans()):
+        kind = draw(st.sampled_from(["powers", "uniform", "zero"]))
+        slopes = {
+            "powers": 2.0 ** -rng.integers(2, 9, Hq).astype(np.float64),
+            "uniform": rng.uniform(0.0, 0.25, Hq),
+            "zero": np.zeros(Hq),
+        }[kind]
+        options["alibi_slopes"] = slopes.astype(draw(st.sampled_from([np.float32, np.float64])))
+    if draw(st.booleans()):
+        options["sinks"] = rng.standard_normal(Hq) * draw(st.sampled_from([0.5, 3.0, 10.0]))
+    return options
+
+
+def normal(rng) -> Fill:
+    return lambda shape: rng.standard_normal(shape)
+
+
+@st.composite
+def option_problems(draw):
+    """(q, k, v, kwargs, dtype): standard-normal data in random layouts, a
+    causal rule, sometimes a bool mask or a scale, and random score options;
+    decoding shapes (split into key ranges) now and then."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    two_d = draw(st.integers(0, 5)) == 0
+    batch = () if two_d else tuple(draw(st.lists(st.integers(1, 2), max_size=1)))
+    Hkv = 1 if two_d else draw(st.integers(1, 2))
+    Hq = Hkv * (1 if two_d else draw(st.integers(1, 3)))
+    if draw(st.integers(0, 5)) == 0:
+        L, S = draw(st.integers(1, 3)), draw(st.integers(1024, 1300))
+    else:
+        L, S = draw(st.one_of(SIZES, st.sampled_from([95, 96, 97]))), draw(SIZES)
+    E, Ev = draw(st.sampled_from([1, 8, 16, 33, 64])), draw(st.sampled_from([1, 5, 16, 32]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    heads_q, heads_kv = ((), ()) if two_d else ((Hq,), (Hkv,))
+    q = operand(draw, (*batch, *heads_q, L, E), normal(rng), dtype)
+    k = operand(draw, (*batch, *heads_kv, S, E), normal(rng), dtype)
+    v = operand(draw, (*batch, *heads_kv, S, Ev), normal(rng), dtype)
+    kwargs = {"is_causal": draw(st.sampled_from(CAUSAL)), **score_options(draw, rng, Hq)}
+    if draw(st.integers(0, 3)) == 0:
+        kwargs["scale"] = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0, -0.3]))
+    if draw(st.integers(0, 3)) == 0:
+        kwargs["attn_mask"] = rng.random(mask_shape(draw, (*batch, *heads_q, L, S))) < 0.8
+    note(f"{dtype} q{q.shape}{q.strides} k{k.shape}{k.strides} v{v.shape}{v.strides} {kwargs}")
+    return q, k, v, kwargs, dtype
+
+
+@examples(0.1)
+@given(option_problems())
+def test_score_options_match_the_reference(problem):
+    q, k, v, kwargs, dtype = problem
+    out, lse = dotattn.attention(q, k, v, return_lse=True, **kwargs)
+    ref, ref_lse = dotattn.reference.attention(q, k, v, return_lse=True, **kwargs)
+    assert_matches(out, ref, dtype)
+    assert_matches(lse, ref_lse, dtype)
+    weights = dotattn.attention_weights(q, k, **kwargs)
+    assert_matches(weights, dotattn.reference.attention_weights(q, k, **kwargs), dtype)
+
+
+def packed_kv(draw, rng, dtype, total: int, Hkv: int, cols: int):
+    """Standard-normal packed keys or values (total, Hkv, cols): float in a
+    random layout, or (float32) in a stored format."""
+    x = rng.standard_normal((total, Hkv, cols))
+    fmt = draw(st.sampled_from(STORED)) if dtype == np.float32 else "float32"
+    return laid_out(draw, x.astype(dtype)) if fmt == "float32" else stored(x.astype(np.float32), fmt)
+
+
+def kv_form(x) -> str:
+    if isinstance(x, dotattn.QuantizedKV):
+        return f"int8{x.shape} group {x.group}"
+    return f"{x.dtype}{x.shape}{x.strides}"
+
+
+def index_dtype(draw):
+    return draw(st.sampled_from([np.int32, np.int32, np.int64]))
+
+
+@st.composite
+def varlen_problems(draw):
+    """(q, k, v, cu_q, cu_k, kwargs, dtype): B sequences of random query and
+    key lengths (0 included, now and then one long), packed token-major."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    B = draw(st.integers(0, 5))
+    q_lens = draw(
+        st.lists(st.one_of(st.sampled_from([0, 1, 2, 17]), st.integers(0, 40)), min_size=B, max_size=B)
+    )
+    k_lens = draw(
+        st.lists(st.one_of(st.sampled_from([0, 1, 16]), st.integers(0, 130)), min_size=B, max_size=B)
+    )
+    if B and draw(st.integers(0, 4)) == 0:
+        k_lens[draw(st.integers(0, B - 1))] = draw(st.integers(1024, 1200))
+    Hkv = draw(st.integers(1, 2))
+    Hq = Hkv * draw(st.integers(1, 3))
+    E, Ev = draw(st.sampled_from([1, 8, 16, 33, 64])), draw(st.sampled_from([1, 5, 16, 32]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    cu_q = np.concatenate([[0], np.cumsum(q_lens, dtype=np.int64)]).astype(index_dtype(draw))
+    cu_k = np.concatenate([[0], np.cumsum(k_lens, dtype=np.int64)]).astype(index_dtype(draw))
+    q = laid_out(draw, rng.standard_normal((int(cu_q[-1]), Hq, E)).astype(dtype))
+    k = packed_kv(draw, rng, dtype, int(cu_k[-1]), Hkv, E)
+    v = packed_kv(draw, rng, dtype, int(cu_k[-1]), Hkv, Ev)
+    kwargs = {"is_causal": draw(st.sampled_from(CAUSAL))}
+    if draw(st.booleans()):
+        kwargs.update(score_options(draw, rng, Hq))
+    note(f"{dtype} q_lens={q_lens} k_lens={k_lens} q{q.shape} k {kv_form(k)} v {kv_form(v)} {kwargs}")
+    return q, k, v, cu_q, cu_k, kwargs, dtype
+
+
+@examples(0.08)
+@given(varlen_problems(), st.booleans())
+def test_varlen_matches_the_reference(problem, use_out):
+    q, k, v, cu_q, cu_k, kwargs, dtype = problem
+    out = np.full((q.shape[0], q.shape[1], v.shape[-1]), 7.25, dtype) if use_out else None
+    result, lse = dotattn.attention_varlen(q, k, v, cu_q, cu_k, out=out, return_lse=True, **kwargs)
+    assert out is None or result is out
+    ref, ref_lse = dotattn.reference.attention_varlen(q, k, v, cu_q, cu_k, return_lse=True, **kwargs)
+    assert_matches(result, ref, dtype)
+    assert_matches(lse, ref_lse, dtype)
+
+
+def as_cache(draw, x: np.ndarray, free: np.ndarray, fmt: str, vllm: bool):
+    """The cache x (num_pages, page_size, Hkv, cols), its free slots NaN
+    (int8: their scales), stored as fmt; with vllm, a view of a (num_pages,
+    Hkv, page_size, cols) array, as vLLM's cache[0].transpose(0, 2, 1, 3)."""
+    x = np.where(free[:, :, None, None], np.nan, x)
+    if vllm:
+        x = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    if fmt.startswith("int8"):
+        cache = stored(np.where(np.isnan(x), 0, x).astype(np.float32), fmt)
+        if vllm:  # quantized in the (num_pages, Hkv, page_size, cols) layout, then viewed
+            data, scale = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (cache.data, cache.scale))
+            cache = dotattn.QuantizedKV(data.transpose(0, 2, 1, 3), scale.transpose(0, 2, 1, 3))
+        cache.scale[free] = np.nan
+        return cache
+    return stored(x, fmt) if fmt != "float32" else x
+
+
+@st.composite
+def paged_problems(draw):
+    """(q, key_cache, value_cache, block_table, seq_lens_k, cu_seqlens_q,
+    kwargs, dtype): random page sizes, keys per sequence and queries per
+    sequence (decoding's one each, or cu_seqlens_q), pages in random order,
+    spare pages and table entries past each sequence's pages (out of range),
+    free slots holding NaN."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    page_size = draw(st.sampled_from([1, 2, 3, 5, 7, 8, 16, 17, 32]))
+    B = draw(st.integers(0, 4))
+    k_lens = np.array(
+        draw(
+            st.lists(
+                st.one_of(st.sampled_from([0, 1, page_size]), st.integers(0, 150)), min_size=B, max_size=B
+            )
+        ),
+        dtype=np.int64,
+    )
+    if B and draw(st.integers(0, 5)) == 0:
+        k_lens[draw(st.integers(0, B - 1))] = draw(st.integers(1024, 1200))
+    decode = draw(st.booleans())
+    q_lens = [1] * B if decode else draw(st.lists(st.integers(0, 6), min_size=B, max_size=B))
+    Hkv = draw(st.integers(1, 2))
+    Hq = Hkv * draw(st.integers(1, 3))
+    E, Ev = draw(st.sampled_from([1, 8, 16, 33, 64])), draw(st.sampled_from([1, 5, 16, 32]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+    counts = -(-k_lens // page_size)
+    num_pages = int(counts.sum()) + draw(st.integers(0, 4))
+    width = int(counts.max(initial=0)) + draw(st.integers(0, 2))
+    table = rng.choice([-1, num_pages, num_pages + 1000], size=(B, width))
+    order = rng.permutation(num_pages)
+    free = np.ones((num_pages, page_size), bool)
+    kc = rng.standard_normal((num_pages, page_size, Hkv, E))
+    vc = rng.standard_normal((num_pages, page_size, Hkv, Ev))
+    start = 0
+    for b, n in enumerate(k_lens):
+        table[b, : counts[b]] = order[start : start + counts[b]]
+        start += counts[b]
+        j = np.arange(n)
+        free[table[b, j // page_size], j % page_size] = False
+    vllm = draw(st.booleans())
+    fmts = [draw(st.sampled_from(STORED)) if dtype == np.float32 else "float32" for _ in range(2)]
+    key_cache = as_cache(draw, kc.astype(dtype), free, fmts[0], vllm)
+    value_cache = as_cache(draw, vc.astype(dtype), free, fmts[1], vllm)
+    table = table.astype(index_dtype(draw))
+    seq_lens = k_lens.astype(index_dtype(draw))
+    cu_q = (
+        None if decode and draw(st.booleans()) else np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int64)
+    )
+    q = rng.standard_normal((int(sum(q_lens)), Hq, E)).astype(dtype)
+    kwargs = {"is_causal": draw(st.sampled_from(CAUSAL))}
+    if draw(st.booleans()):
+        kwargs.update(score_options(draw, rng, Hq))
+    note(
+        f"{dtype} page_size={page_size} num_pages={num_pages} k_lens={k_lens.tolist()} q_lens={q_lens} "
+        f"table={table.tolist()} Hq={Hq} Hkv={Hkv} E={E} Ev={Ev} vllm={vllm} "
+        f"k {kv_form(key_cache)} v {kv_form(value_cache)} {kwargs}"
+    )
+    return q, key_cache, value_cache, table, seq_lens, cu_q, kwargs, dtype
+
+
+@examples(0.08)
+@given(paged_problems())
+def test_paged_matches_the_reference(problem):
+    q, kc, vc, table, lens, cu_q, kwargs, dtype = problem
+    out, lse = dotattn.attention_paged(q, kc, vc, table, lens, cu_q, return_lse=True, **kwargs)
+    ref, ref_lse = dotattn.reference.attention_paged(q, kc, vc, table, lens, cu_q, return_lse=True, **kwargs)
+    assert_matches(out, ref, dtype)
+    assert_matches(lse, ref_lse, dtype)
+
+
+@st.composite
+def merge_problems(draw):
+    """(q, k, v, bounds, kwargs, dtype): attention over all keys and the cut
+    points of its keys into shards (some empty), with a causal rule,
+    sometimes a bool mask and sinks."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    batch = tuple(draw(st.lists(st.integers(1, 2), max_size=1)))
+    Hkv = draw(st.integers(1, 2))
+    Hq = Hkv * draw(st.integers(1, 3))
+    if draw(st.integers(0, 5)) == 0:
+        L, S = draw(st.integers(1, 3)), draw(st.integers(1024, 1300))
+    else:
+        L, S = draw(st.integers(0, 20)), draw(st.integers(0, 300))
+    E, Ev = draw(st.sampled_from([1, 8, 16, 33, 64])), draw(st.sampled_from([1, 5, 16, 32]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    q, k, v = (
+        rng.standard_normal((*batch, H, n, cols)).astype(dtype)
+        for H, n, cols in ((Hq, L, E), (Hkv, S, E), (Hkv, S, Ev))
+    )
+    cuts = sorted(draw(st.lists(st.integers(0, S), max_size=4)))
+    kwargs = {"is_causal": draw(st.sampled_from(CAUSAL))}
+    if draw(st.booleans()):
+        kwargs["sinks"] = rng.standard_normal(Hq) * draw(st.sampled_from([0.5, 3.0]))
+    if draw(st.integers(0, 2)) == 0:
+        kwargs["attn_mask"] = rng.random((*batch, Hq, L, S)) < draw(st.sampled_from([0.1, 0.7]))
+    note(f"{dtype} q{q.shape} k{k.shape} v{v.shape} bounds={[0, *cuts, S]} {kwargs}")
+    return q, k, v, [0, *cuts, S], kwargs, dtype
+
+
+@examples(0.06)
+@given(merge_problems())
+def test_merge_of_key_shards_equals_attention(problem):
+    """Attention over random shards of the keys (the causal rule and mask
+    as the visible keys of each shard, the sinks on shard 0), merged by
+    their LSEs: attention over all keys."""
+    q, k, v, bounds, kwargs, dtype = problem
+    L, S = q.shape[-2], k.shape[-2]
+    causal = kwargs["is_causal"]
+    i, j = np.arange(L)[:, None], np.arange(S)[None, :]
+    visible = np.ones((L, S), bool)
+    if causal:
+        visible = j <= i + (S - L if causal == "lower_right" else 0)
+    visible = visible & kwargs.get("attn_mask", True)
+    outs, lses = [], []
+    for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        out, lse = dotattn.attention(
+            q,
+            k[..., a:b, :],
+            v[..., a:b, :],
+            attn_mask=visible[..., a:b],
+            sinks=kwargs.get("sinks") if n == 0 else None,
+            return_lse=True,
+        )
+        outs.append(out)
+        lses.append(lse)
+    out, lse = dotattn.merge(outs, lses)
+    ref, ref_lse = dotattn.reference.attention(q, k, v, return_lse=True, **kwargs)
+    assert_matches(out, ref, dtype)
+    assert_matches(lse, ref_lse, dtype)

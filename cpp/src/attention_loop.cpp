@@ -79,8 +79,8 @@ void accumulate_run(const Problem& p, const kernels::BlockKernels<T>& kern, cons
     return kern.pv_accumulate_stored(pt, blk.tile_rows, rows, keys, values.stored_from(j0), p.Ev,
                                      acc, p.Ev);
   const auto v = values.block(j0, keys, t.wv);
-  accumulate_values(kern, pt, blk.tile_rows, rows, keys, v.data, v.stride, p.Ev, smallest, acc,
-                    t.saved, t.clean_v);
+  accumulate_values(kern, pt, blk.tile_rows, rows, keys, v, p.Ev, smallest, acc, t.saved,
+                    t.clean_v);
 }
 
 // The softmax state of row block rb over `count` keys from the `first`-th
@@ -104,6 +104,7 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
     const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
     for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
       next = values.run_end(j, j0 + keys);
+      if (values.paged() && next < p.S) values.prefetch_run_start(next, kernels::kValueBytesAhead);
       accumulate_run(p, kern, blk, scores.few_rows(), values, j, next - j,
                      t.st + (j - j0) * blk.tile_rows, rows, smallest, s.acc, t);
     }

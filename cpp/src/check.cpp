@@ -500,6 +500,40 @@ void check_packed_outputs(Problem& base, const OutputView& out, const Options& o
                              "; an output must not share memory with an input");
 }
 
+// The checks of check_qkv that name arguments, made first on a packed or
+// paged call's own operands so that messages name them and their shapes:
+// query (total_q, Hq, E); key and value with their heads at dim `heads`.
+void check_packed_operands(const TensorView& q, const char* key_name, const TensorView& k,
+                           const char* value_name, const TensorView& v, std::size_t heads) {
+  check_view("query", q);
+  check_view(key_name, k);
+  check_view(value_name, v);
+  check_float_dtype("query", q.dtype);
+  check_kv_dtype(key_name, k, q.dtype);
+  check_kv_dtype(value_name, v, q.dtype);
+  const auto shapes = [&] {
+    return described("query", q.shape) + ", " + described(key_name, k.shape) + ", " +
+           described(value_name, v.shape);
+  };
+  if (k.shape.back() != q.shape.back())
+    throw argument_error(std::string("query and ") + key_name + " must have the same last dim E; got query E=" +
+                         std::to_string(q.shape.back()) + ", " + key_name + " E=" +
+                         std::to_string(k.shape.back()) + ": " + shapes());
+  if (k.shape[heads] != v.shape[heads])
+    throw argument_error(std::string(key_name) + " and " + value_name +
+                         " must have the same number of heads; got " + shapes());
+  const std::int64_t Hq = q.shape[1], Hkv = k.shape[heads];
+  if (Hkv == 0 ? Hq != 0 : Hq % Hkv != 0)
+    throw argument_error("the query heads Hq=" + std::to_string(Hq) +
+                         " must be a multiple of the key/value heads Hkv=" + std::to_string(Hkv) +
+                         ": " + shapes());
+  check_unit_inner_stride("query", q);
+  check_unit_inner_stride(key_name, k);
+  check_unit_inner_stride(value_name, v);
+  for (const auto& [name, t] : {std::pair{key_name, &k}, std::pair{value_name, &v}})
+    if (t->dtype == DType::int8) checked_group(name, (std::string(name) + " scale").c_str(), *t);
+}
+
 void refuse_mask(const Options& options, const char* call) {
   if (options.mask)
     throw argument_error(std::string("attn_mask is not taken by ") + call +
@@ -536,6 +570,11 @@ std::vector<Problem> check_varlen(const TensorView& query, const TensorView& key
   check_dims("key", key, 3, layout);
   check_dims("value", value, 3, layout);
   refuse_mask(options, "attention_varlen");
+  check_packed_operands(query, "key", key, "value", value, 1);
+  if (key.shape[0] != value.shape[0])
+    throw argument_error("key and value must have the same length total_k; got key " +
+                         std::to_string(key.shape[0]) + ", value " + std::to_string(value.shape[0]) +
+                         ": " + described("key", key.shape) + ", " + described("value", value.shape));
   const TensorView v = swapped(value, 0, 1);
   Problem base = check_qkv(swapped(query, 0, 1), swapped(key, 0, 1), &v);
   const std::int64_t total_q = query.shape[0], total_k = key.shape[0];
@@ -590,9 +629,16 @@ std::vector<Problem> check_paged(const TensorView& query, const TensorView& cu_s
                          described("value_cache", value_cache.shape) +
                          " must have the same num_pages and page_size");
   const std::int64_t num_pages = key_cache.shape[0], page_size = key_cache.shape[1];
-  // One page as (Hkv, page_size, E): the per-page layout the checks take.
-  const TensorView k_page = swapped(one_page(key_cache), 0, 1);
-  const TensorView v_page = swapped(one_page(value_cache), 0, 1);
+  check_packed_operands(query, "key_cache", key_cache, "value_cache", value_cache, 2);
+  // One page as (Hkv, page_size, E): the per-page layout the checks take. A
+  // cache of no pages has none to read (NumPy gives it zero strides).
+  TensorView k_page = swapped(one_page(key_cache), 0, 1);
+  TensorView v_page = swapped(one_page(value_cache), 0, 1);
+  if (num_pages == 0)
+    for (TensorView* page : {&k_page, &v_page}) {
+      page->strides = contiguous_strides(page->shape);
+      if (page->scale) page->scale->strides = contiguous_strides(page->scale->shape);
+    }
   Problem base = check_qkv(swapped(query, 0, 1), k_page, &v_page);
   const std::int64_t total_q = query.shape[0];
   check_dims("cu_seqlens_q", cu_seqlens_q, 1, "(B + 1,)");

@@ -7,6 +7,7 @@
 // per work item, and K and V are never copied whole.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/kernels.hpp"
@@ -38,6 +39,7 @@ class OperandRows {
   struct Rows {
     const T* data;
     std::int64_t stride;
+    std::int64_t prefetchable;  // rows from data on, evenly spaced
   };
 
   // Rows of head `head` in batch b of an operand with `cols` columns.
@@ -47,7 +49,8 @@ class OperandRows {
         cols_(cols),
         widens_(detail::widens(storage, dtype_of<T>::value)),
         rows_(rows),
-        scales_(storage.scale) {
+        scales_(storage.scale),
+        S_(p.S) {
     const std::int64_t first = batch_offset(p, rows, b) + head * rows.head;
     stored_.dtype = storage.dtype;
     stored_.data = static_cast<const char*>(rows.data) + first * stored_size(storage.dtype);
@@ -68,21 +71,41 @@ class OperandRows {
   // may read together: a paged cache's rows are evenly spaced within a page.
   std::int64_t run_end(std::int64_t j0, std::int64_t end) const { return rows_.run_end(j0, end); }
 
+  // Asks for the first `bytes` bytes of the run from row j (j < S) to be
+  // brought into cache, with their scales: the kernels prefetch ahead only
+  // within the rows they are given, so the loops call this for the run
+  // that follows.
+  void prefetch_run_start(std::int64_t j, std::int64_t bytes) const {
+    const std::int64_t row_bytes = std::max<std::int64_t>(cols_ * stored_size(stored_.dtype), 1);
+    const std::int64_t end = rows_.run_end(j, std::min(j + (bytes + row_bytes - 1) / row_bytes, S_));
+    for (std::int64_t r = j; r < end; ++r) {
+      const char* row = static_cast<const char*>(stored_.data) + rows_.row_offset(r) * stored_size(stored_.dtype);
+      for (std::int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
+      if (stored_.scale) __builtin_prefetch(stored_.scale + scales_.row_offset(r), 0, 3);
+    }
+  }
+
   // The stored rows from row j0 on (to its run's end), for the kernels that
   // widen as they load.
   kernels::StoredRows stored_from(std::int64_t j0) const {
     kernels::StoredRows from = stored_;
     from.data = static_cast<const char*>(stored_.data) + rows_.row_offset(j0) * stored_size(stored_.dtype);
     if (from.scale) from.scale += scales_.row_offset(j0);
+    from.prefetchable = run_end(j0, S_) - j0;
     return from;
   }
+
+  // Whether the rows lie in pages (whose next run the loops prefetch).
+  bool paged() const { return rows_.pages != nullptr; }
 
   // Rows [j0, j0 + n) of one run as T; scratch (n x cols) receives them
   // when they are widened.
   Rows block(std::int64_t j0, std::int64_t n, T* scratch) const {
-    if (!widens_) return {static_cast<const T*>(stored_.data) + rows_.row_offset(j0), stored_.stride};
+    if (!widens_)
+      return {static_cast<const T*>(stored_.data) + rows_.row_offset(j0), stored_.stride,
+              run_end(j0, S_) - j0};
     kern_.widen(stored_from(j0), n, cols_, scratch);
-    return {scratch, cols_};
+    return {scratch, cols_, n};
   }
 
  private:
@@ -90,6 +113,7 @@ class OperandRows {
   std::int64_t cols_;
   bool widens_;
   Layout rows_, scales_;
+  std::int64_t S_;
   kernels::StoredRows stored_;
 };
 

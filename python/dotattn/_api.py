@@ -147,7 +147,7 @@ def _indices(x: Any, name: str, *, table: bool = False) -> NDArray[np.signedinte
     table int32 with unit stride in its last dim (converted when its values
     fit)."""
     a = np.asarray(x)
-    if a.dtype.kind not in "iu":
+    if a.dtype.kind not in "iu" and a.size:  # an empty list is float64 to NumPy
         raise TypeError(f"{name} has dtype {a.dtype}; expected an integer dtype")
     target = np.dtype(np.int32) if table or a.dtype == np.int32 else np.dtype(np.int64)
     if a.dtype != target:

@@ -126,10 +126,13 @@ def paged_decode(rng: np.random.Generator, kv_dtype: str) -> Case:
     table.reshape(-1)[order] = np.arange(B * pages_per_seq, dtype=np.int32)
 
     def pool(x: np.ndarray) -> np.ndarray:
-        blocks = x.reshape(B, Hkv, pages_per_seq, PAGE_SIZE, E).transpose(0, 2, 3, 1, 4)
-        return np.ascontiguousarray(blocks.reshape(B * pages_per_seq, PAGE_SIZE, Hkv, E)[order])
+        """The pages in vLLM's CPU layout, (num_pages, Hkv, page_size, E),
+        seen as the (num_pages, page_size, Hkv, E) attention_paged takes."""
+        blocks = x.reshape(B, Hkv, pages_per_seq, PAGE_SIZE, E).transpose(0, 2, 1, 3, 4)
+        pages = np.ascontiguousarray(blocks.reshape(B * pages_per_seq, Hkv, PAGE_SIZE, E)[order])
+        return pages
 
-    k_pages, v_pages = (_bench.stored_as(pool(x), kv_dtype) for x in (k, v))
+    k_pages, v_pages = (slots_then_heads(_bench.stored_as(pool(x), kv_dtype)) for x in (k, v))
     k_flat, v_flat = (_bench.stored_as(x, kv_dtype) for x in (k, v))
     lengths = np.full(B, S, dtype=np.int32)
     q_packed = np.ascontiguousarray(q[:, :, 0])
@@ -146,6 +149,14 @@ def paged_decode(rng: np.random.Generator, kv_dtype: str) -> Case:
         kv_bytes=_bench.stored_bytes(k_flat) + _bench.stored_bytes(v_flat),
         cold=True,
     )
+
+
+def slots_then_heads(x: Any) -> Any:
+    """A (num_pages, Hkv, page_size, E) pool, or its QuantizedKV, as a view
+    (num_pages, page_size, Hkv, E)."""
+    if isinstance(x, dotattn.QuantizedKV):
+        return dotattn.QuantizedKV(x.data.transpose(0, 2, 1, 3), x.scale.transpose(0, 2, 1, 3))
+    return x.transpose(0, 2, 1, 3)
 
 
 def varlen(rng: np.random.Generator, kv_dtype: str) -> Case:

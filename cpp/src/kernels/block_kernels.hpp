@@ -36,15 +36,6 @@ inline void with_count(std::int64_t n, const F& f) {
   }
 }
 
-// How far ahead the few-rows (decoding) kernels prefetch the keys and
-// values they stream from memory, in bytes of the rows as stored, so that
-// a 2-byte or 1-byte format keeps as much in flight as float32 (the
-// hardware prefetchers stop at each 4 KiB page). Measured on Zen 3, one
-// core, float32, E = Ev = 128, K and V far larger than the caches: keys
-// read at 7.8 GB/s without and 13 to 14.6 with 6 to 24 keys (3 to 12 KiB)
-// ahead; values at 8.8 without and 11 to 12.5 with 8 or 16 (4 or 8 KiB)
-// ahead (a plain streaming read: 12 GB/s).
-constexpr std::int64_t kKeyBytesAhead = 6144, kValueBytesAhead = 8192;
 
 // The few-rows P·V step takes the values in chunks of this many bytes of
 // rows (at least 4 rows): each chunk's rows are read whole and in order,
@@ -140,6 +131,7 @@ struct BlockKernelsFor {
   struct Plain {
     const T* data;
     std::int64_t stride;
+    std::int64_t prefetchable;
     static constexpr std::int64_t kSize = sizeof(T);
     static constexpr bool kScaled = false, kRowScale = false, kPanelScale = false;
 
@@ -172,6 +164,7 @@ struct BlockKernelsFor {
     std::int64_t scale_stride;
     std::int64_t group;
     int group_shift;
+    std::int64_t prefetchable;
 
     explicit Stored(const StoredRows& s)
         : data(static_cast<const Elem*>(s.data)),
@@ -179,7 +172,8 @@ struct BlockKernelsFor {
           scale(s.scale),
           scale_stride(s.scale_stride),
           group(s.group),
-          group_shift(s.group > 0 ? __builtin_ctzll(static_cast<unsigned long long>(s.group)) : 0) {}
+          group_shift(s.group > 0 ? __builtin_ctzll(static_cast<unsigned long long>(s.group)) : 0),
+          prefetchable(s.prefetchable) {}
 
     static R widen(const Elem* p) {
       if constexpr (D == DType::float16) return V::from_f16(p);
@@ -246,10 +240,12 @@ struct BlockKernelsFor {
   }
 
   // Asks for rows [j, j + count) of a source to be brought into cache, their
-  // scales too. Prefetches never fault: rows past the end are harmless.
+  // scales too, as far as they are the source's (src.prefetchable: past the
+  // end of a page of a paged cache lie other rows, and the loops prefetch
+  // the next page themselves).
   template <class Src>
   static void prefetch_source(const Src& src, std::int64_t j, std::int64_t count, std::int64_t cols) {
-    for (std::int64_t r = j; r < j + count; ++r) {
+    for (std::int64_t r = j; r < j + count && r < src.prefetchable; ++r) {
       const char* row = src.row(r);
       for (std::int64_t b = 0; b < cols * Src::kSize; b += 64) __builtin_prefetch(row + b, 0, 3);
       if constexpr (Src::kScaled) __builtin_prefetch(src.scale + r * src.scale_stride, 0, 3);
@@ -314,9 +310,9 @@ struct BlockKernelsFor {
   }
 
   static void score_rows(const T* q, std::int64_t q_ld, std::int64_t rows, const T* k,
-                         std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
-                         std::int64_t st_ld) {
-    score_source_rows(q, q_ld, rows, Plain{k, k_stride}, keys, E, scale, st, st_ld);
+                         std::int64_t k_stride, std::int64_t k_prefetchable, std::int64_t keys,
+                         std::int64_t E, T scale, T* st, std::int64_t st_ld) {
+    score_source_rows(q, q_ld, rows, Plain{k, k_stride, k_prefetchable}, keys, E, scale, st, st_ld);
   }
 
   static void score_rows_stored(const T* q, std::int64_t q_ld, std::int64_t rows,
@@ -471,9 +467,9 @@ struct BlockKernelsFor {
   }
 
   static void pv_accumulate(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                            const T* v, std::int64_t v_stride, std::int64_t Ev, T* acc,
-                            std::int64_t acc_ld) {
-    pv_source(pt, pt_ld, rows, keys, Plain{v, v_stride}, Ev, acc, acc_ld);
+                            const T* v, std::int64_t v_stride, std::int64_t v_prefetchable,
+                            std::int64_t Ev, T* acc, std::int64_t acc_ld) {
+    pv_source(pt, pt_ld, rows, keys, Plain{v, v_stride, v_prefetchable}, Ev, acc, acc_ld);
   }
 
   static void pv_accumulate_stored(const T* pt, std::int64_t pt_ld, std::int64_t rows,
