@@ -104,7 +104,6 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
     const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
     for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
       next = values.run_end(j, j0 + keys);
-      if (values.paged() && next < p.S) values.prefetch_run_start(next, kernels::kValueBytesAhead);
       accumulate_run(p, kern, blk, scores.few_rows(), values, j, next - j,
                      t.st + (j - j0) * blk.tile_rows, rows, smallest, s.acc, t);
     }

@@ -682,6 +682,7 @@ std::vector<Problem> check_paged(const TensorView& query, const TensorView& cu_s
     l.pages = static_cast<const std::int32_t*>(block_table.data) + b * block_table.strides[0];
     l.page_size = page_size;
     l.page_stride = strides[0];
+    if (page_size > 0 && (page_size & (page_size - 1)) == 0) l.page_shift = __builtin_ctzll(static_cast<unsigned long long>(page_size));
     return l;
   };
   std::vector<Problem> problems;

@@ -64,7 +64,6 @@ class MaskedScores {
   void compute(std::int64_t j0, std::int64_t keys, T* st) const {
     for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
       next = keys_.run_end(j, j0 + keys);
-      if (keys_.paged() && next < p_.S) keys_.prefetch_run_start(next, kernels::kKeyBytesAhead);
       score_run(j, next - j, st + (j - j0) * tile_rows_);
     }
     if (p_.softcap > 0) kern_.soft_cap(st, tile_rows_, keys, tile_rows_, static_cast<T>(p_.softcap));
@@ -90,7 +89,7 @@ class MaskedScores {
     }
     const auto k = keys_.block(j0, keys, widened_k_);
     if (by_rows_)
-      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, k.prefetchable, keys, p_.E,
+      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, k.ahead, keys, p_.E,
                        scale_, st, tile_rows_);
     else
       kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,

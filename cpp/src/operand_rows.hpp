@@ -39,7 +39,7 @@ class OperandRows {
   struct Rows {
     const T* data;
     std::int64_t stride;
-    std::int64_t prefetchable;  // rows from data on, evenly spaced
+    kernels::RowsAhead ahead;
   };
 
   // Rows of head `head` in batch b of an operand with `cols` columns.
@@ -71,44 +71,45 @@ class OperandRows {
   // may read together: a paged cache's rows are evenly spaced within a page.
   std::int64_t run_end(std::int64_t j0, std::int64_t end) const { return rows_.run_end(j0, end); }
 
-  // Asks for the first `bytes` bytes of the run from row j (j < S) to be
-  // brought into cache, with their scales: the kernels prefetch ahead only
-  // within the rows they are given, so the loops call this for the run
-  // that follows.
-  void prefetch_run_start(std::int64_t j, std::int64_t bytes) const {
-    const std::int64_t row_bytes = std::max<std::int64_t>(cols_ * stored_size(stored_.dtype), 1);
-    const std::int64_t end = rows_.run_end(j, std::min(j + (bytes + row_bytes - 1) / row_bytes, S_));
-    for (std::int64_t r = j; r < end; ++r) {
-      const char* row = static_cast<const char*>(stored_.data) + rows_.row_offset(r) * stored_size(stored_.dtype);
-      for (std::int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
-      if (stored_.scale) __builtin_prefetch(stored_.scale + scales_.row_offset(r), 0, 3);
+  // What a kernel reading rows from j0 may prefetch: the rest of j0's run
+  // and the next run (all rows to S unless paged).
+  kernels::RowsAhead ahead_of(std::int64_t j0) const {
+    kernels::RowsAhead ahead;
+    const std::int64_t end = run_end(j0, S_);
+    ahead.rows = end - j0;
+    if (end < S_) {
+      ahead.next = address(end);
+      ahead.next_rows = run_end(end, S_) - end;
+      if (stored_.scale) ahead.next_scale = stored_.scale + scales_.row_offset(end);
     }
+    return ahead;
   }
 
   // The stored rows from row j0 on (to its run's end), for the kernels that
   // widen as they load.
   kernels::StoredRows stored_from(std::int64_t j0) const {
     kernels::StoredRows from = stored_;
-    from.data = static_cast<const char*>(stored_.data) + rows_.row_offset(j0) * stored_size(stored_.dtype);
+    from.data = address(j0);
     if (from.scale) from.scale += scales_.row_offset(j0);
-    from.prefetchable = run_end(j0, S_) - j0;
+    from.ahead = ahead_of(j0);
     return from;
   }
-
-  // Whether the rows lie in pages (whose next run the loops prefetch).
-  bool paged() const { return rows_.pages != nullptr; }
 
   // Rows [j0, j0 + n) of one run as T; scratch (n x cols) receives them
   // when they are widened.
   Rows block(std::int64_t j0, std::int64_t n, T* scratch) const {
-    if (!widens_)
-      return {static_cast<const T*>(stored_.data) + rows_.row_offset(j0), stored_.stride,
-              run_end(j0, S_) - j0};
+    if (!widens_) return {static_cast<const T*>(address(j0)), stored_.stride, ahead_of(j0)};
     kern_.widen(stored_from(j0), n, cols_, scratch);
-    return {scratch, cols_, n};
+    kernels::RowsAhead own;
+    own.rows = n;
+    return {scratch, cols_, own};
   }
 
  private:
+  const void* address(std::int64_t j) const {
+    return static_cast<const char*>(stored_.data) + rows_.row_offset(j) * stored_size(stored_.dtype);
+  }
+
   const kernels::BlockKernels<T>& kern_;
   std::int64_t cols_;
   bool widens_;

@@ -131,7 +131,7 @@ struct BlockKernelsFor {
   struct Plain {
     const T* data;
     std::int64_t stride;
-    std::int64_t prefetchable;
+    RowsAhead ahead;
     static constexpr std::int64_t kSize = sizeof(T);
     static constexpr bool kScaled = false, kRowScale = false, kPanelScale = false;
 
@@ -164,7 +164,7 @@ struct BlockKernelsFor {
     std::int64_t scale_stride;
     std::int64_t group;
     int group_shift;
-    std::int64_t prefetchable;
+    RowsAhead ahead;
 
     explicit Stored(const StoredRows& s)
         : data(static_cast<const Elem*>(s.data)),
@@ -173,7 +173,7 @@ struct BlockKernelsFor {
           scale_stride(s.scale_stride),
           group(s.group),
           group_shift(s.group > 0 ? __builtin_ctzll(static_cast<unsigned long long>(s.group)) : 0),
-          prefetchable(s.prefetchable) {}
+          ahead(s.ahead) {}
 
     static R widen(const Elem* p) {
       if constexpr (D == DType::float16) return V::from_f16(p);
@@ -240,15 +240,25 @@ struct BlockKernelsFor {
   }
 
   // Asks for rows [j, j + count) of a source to be brought into cache, their
-  // scales too, as far as they are the source's (src.prefetchable: past the
-  // end of a page of a paged cache lie other rows, and the loops prefetch
-  // the next page themselves).
+  // scales too, as far as src.ahead says they exist (past the end of a page
+  // of a paged cache lie other rows: the next page is elsewhere).
   template <class Src>
   static void prefetch_source(const Src& src, std::int64_t j, std::int64_t count, std::int64_t cols) {
-    for (std::int64_t r = j; r < j + count && r < src.prefetchable; ++r) {
-      const char* row = src.row(r);
+    const RowsAhead& ahead = src.ahead;
+    for (std::int64_t r = j; r < j + count; ++r) {
+      const char* row;
+      const float* scale = nullptr;
+      if (r < ahead.rows) {
+        row = src.row(r);
+        if constexpr (Src::kScaled) scale = src.scale + r * src.scale_stride;
+      } else if (r - ahead.rows < ahead.next_rows) {
+        row = static_cast<const char*>(ahead.next) + (src.row(r) - src.row(ahead.rows));
+        if constexpr (Src::kScaled) scale = ahead.next_scale + (r - ahead.rows) * src.scale_stride;
+      } else {
+        return;
+      }
       for (std::int64_t b = 0; b < cols * Src::kSize; b += 64) __builtin_prefetch(row + b, 0, 3);
-      if constexpr (Src::kScaled) __builtin_prefetch(src.scale + r * src.scale_stride, 0, 3);
+      if (scale) __builtin_prefetch(scale, 0, 3);
     }
   }
 
@@ -310,9 +320,9 @@ struct BlockKernelsFor {
   }
 
   static void score_rows(const T* q, std::int64_t q_ld, std::int64_t rows, const T* k,
-                         std::int64_t k_stride, std::int64_t k_prefetchable, std::int64_t keys,
+                         std::int64_t k_stride, const RowsAhead& k_ahead, std::int64_t keys,
                          std::int64_t E, T scale, T* st, std::int64_t st_ld) {
-    score_source_rows(q, q_ld, rows, Plain{k, k_stride, k_prefetchable}, keys, E, scale, st, st_ld);
+    score_source_rows(q, q_ld, rows, Plain{k, k_stride, k_ahead}, keys, E, scale, st, st_ld);
   }
 
   static void score_rows_stored(const T* q, std::int64_t q_ld, std::int64_t rows,
@@ -467,9 +477,9 @@ struct BlockKernelsFor {
   }
 
   static void pv_accumulate(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                            const T* v, std::int64_t v_stride, std::int64_t v_prefetchable,
+                            const T* v, std::int64_t v_stride, const RowsAhead& v_ahead,
                             std::int64_t Ev, T* acc, std::int64_t acc_ld) {
-    pv_source(pt, pt_ld, rows, keys, Plain{v, v_stride, v_prefetchable}, Ev, acc, acc_ld);
+    pv_source(pt, pt_ld, rows, keys, Plain{v, v_stride, v_ahead}, Ev, acc, acc_ld);
   }
 
   static void pv_accumulate_stored(const T* pt, std::int64_t pt_ld, std::int64_t rows,

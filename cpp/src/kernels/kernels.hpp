@@ -23,6 +23,18 @@ namespace dotattn::kernels {
 // Rows of a key or value operand stored as float16, bfloat16 or int8, for
 // the widen step. Strides are in elements of the row's and the scales' own
 // types.
+// The rows a kernel may prefetch beyond those it reads: `rows` rows from
+// its first, evenly spaced, then `next_rows` more from `next` (with their
+// scales from next_scale) at the same spacing: the next page of a paged
+// cache, so that prefetching runs on across pages as it does through
+// contiguous rows.
+struct RowsAhead {
+  std::int64_t rows = 0;
+  const void* next = nullptr;
+  std::int64_t next_rows = 0;
+  const float* next_scale = nullptr;
+};
+
 struct StoredRows {
   DType dtype = DType::float16;
   const void* data = nullptr;  // row 0
@@ -31,9 +43,7 @@ struct StoredRows {
   std::int64_t scale_stride = 0;
   std::int64_t group = 0;
   std::int64_t cols = 0;  // elements per row
-  // Rows from row 0 on, evenly spaced, that a kernel may prefetch ahead of
-  // those it reads (a paged cache's rows are so only within a page).
-  std::int64_t prefetchable = 0;
+  RowsAhead ahead;  // what a kernel may prefetch
 };
 
 // How far ahead the few-rows (decoding) kernels prefetch the keys and
@@ -43,8 +53,7 @@ struct StoredRows {
 // core, float32, E = Ev = 128, K and V far larger than the caches: keys
 // read at 7.8 GB/s without and 13 to 14.6 with 6 to 24 keys (3 to 12 KiB)
 // ahead; values at 8.8 without and 11 to 12.5 with 8 or 16 (4 or 8 KiB)
-// ahead (a plain streaming read: 12 GB/s). Within one call the kernels
-// prefetch their own rows; the loops prefetch the start of the next run.
+// ahead (a plain streaming read: 12 GB/s).
 constexpr std::int64_t kKeyBytesAhead = 6144, kValueBytesAhead = 8192;
 
 template <class T>
@@ -63,10 +72,9 @@ struct BlockKernels {
   // which keep every vector lane busy where a transposed tile would leave
   // most of them idle. Rows rows..st_ld of st are left alone.
   std::int64_t dot_rows;
-  // k_prefetchable: the rows from k on, evenly spaced by k_stride, that the
-  // kernel may prefetch ahead of those it reads (>= keys).
+  // k_ahead: the rows of k the kernel may prefetch (k_ahead.rows >= keys).
   void (*score_rows)(const T* q, std::int64_t q_ld, std::int64_t rows, const T* k,
-                     std::int64_t k_stride, std::int64_t k_prefetchable, std::int64_t keys,
+                     std::int64_t k_stride, const RowsAhead& k_ahead, std::int64_t keys,
                      std::int64_t E, T scale, T* st, std::int64_t st_ld);
 
   // m[i] = max_j st[j][i], -inf for keys == 0, NaN if any st[j][i] is NaN.
@@ -91,10 +99,10 @@ struct BlockKernels {
 
   // acc[i][e] += sum_j pt[j][i] * v[j * v_stride + e] for i < rows (any
   // count), e < Ev. A zero weight times inf or NaN makes NaN here, which
-  // accumulate_values (online_softmax.hpp) takes care of. v_prefetchable
-  // as score_rows' k_prefetchable.
+  // accumulate_values (online_softmax.hpp) takes care of. v_ahead as
+  // score_rows' k_ahead.
   void (*pv_accumulate)(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                        const T* v, std::int64_t v_stride, std::int64_t v_prefetchable,
+                        const T* v, std::int64_t v_stride, const RowsAhead& v_ahead,
                         std::int64_t Ev, T* acc, std::int64_t acc_ld);
 
   // K/V formats other than T (float32 tables only; null for float64). Each
