@@ -89,7 +89,8 @@ template <class T>
 RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
                    const RowBlock& rb, std::int64_t first, std::int64_t count, Tile<T>& t) {
   const MaskedScores<T> scores(p, kern, rb, blk.tile_rows, {t.q, t.wk, t.bias});
-  const OperandRows<T> values(p, p.v, p.v_storage, rb.b, rb.hk, p.Ev, kern);
+  const std::vector<OperandRows<T>> values = operand_heads(p, p.v, p.v_storage, rb, p.Ev, kern);
+  const std::int64_t kv_rows = rb.kv_rows(p);
   const std::int64_t rows = rb.tile_rows();
   const RowState<T> s = t.state(blk.tile_rows);
   std::fill(s.m, s.m + blk.tile_rows, kNegInf<T>);
@@ -103,9 +104,13 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
     scores.compute(j0, keys, t.st);
     const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
     for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
-      next = values.run_end(j, j0 + keys);
-      accumulate_run(p, kern, blk, scores.few_rows(), values, j, next - j,
-                     t.st + (j - j0) * blk.tile_rows, rows, smallest, s.acc, t);
+      next = values[0].run_end(j, j0 + keys);
+      for (std::size_t h = 0; h < values.size(); ++h) {  // one unless paged decoding
+        const std::int64_t first_row = static_cast<std::int64_t>(h) * kv_rows;
+        accumulate_run(p, kern, blk, scores.few_rows(), values[h], j, next - j,
+                       t.st + (j - j0) * blk.tile_rows + first_row, kv_rows,
+                       smallest, s.acc + first_row * p.Ev, t);
+      }
     }
   }
   return s;
@@ -227,7 +232,7 @@ void attention_loop(const Problem* problems, std::size_t count) {
   std::vector<Planned<T>> plans;
   for (std::size_t i = 0; i < count; ++i) {
     const Problem& p = problems[i];
-    Planned<T> plan{&p, choose_blocking(p, sizeof(T), kern.row_multiple, Purpose::attention), 0, std::nullopt};
+    Planned<T> plan{&p, choose_blocking(p, sizeof(T), kern.row_multiple, kern.dot_rows, Purpose::attention), 0, std::nullopt};
     if (plan.blk.items(p) > 0) plans.push_back(std::move(plan));
   }
   if (plans.empty()) return;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <vector>
 #include <cstdint>
 
 #include "kernels/kernels.hpp"
@@ -35,8 +36,8 @@ class MaskedScores {
         rb_(rb),
         q_(scratch.q),
         tile_rows_(tile_rows),
-        by_rows_(rb.tile_rows() <= kern.dot_rows),
-        keys_(p, p.k, p.k_storage, rb.b, rb.hk, p.E, kern),
+        by_rows_(rb.kv_rows(p) <= kern.dot_rows),
+        keys_(operand_heads(p, p.k, p.k_storage, rb, p.E, kern)),
         widened_k_(scratch.widened_k),
         slope_(p.alibi_slopes.empty() ? nullptr : scratch.bias),
         position_(scratch.bias + tile_rows),
@@ -63,7 +64,7 @@ class MaskedScores {
   // applied (and the scores adjusted by softcap and ALiBi).
   void compute(std::int64_t j0, std::int64_t keys, T* st) const {
     for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
-      next = keys_.run_end(j, j0 + keys);
+      next = keys_[0].run_end(j, j0 + keys);
       score_run(j, next - j, st + (j - j0) * tile_rows_);
     }
     if (p_.softcap > 0) kern_.soft_cap(st, tile_rows_, keys, tile_rows_, static_cast<T>(p_.softcap));
@@ -82,18 +83,26 @@ class MaskedScores {
   // The scaled scores of keys [j0, j0 + keys), rows the operand stores
   // evenly spaced.
   void score_run(std::int64_t j0, std::int64_t keys, T* st) const {
-    if (by_rows_ && keys_.widens()) {
-      kern_.score_rows_stored(q_, p_.E, rb_.tile_rows(), keys_.stored_from(j0), keys, p_.E, scale_,
-                              st, tile_rows_);
-      return;
-    }
-    const auto k = keys_.block(j0, keys, widened_k_);
-    if (by_rows_)
-      kern_.score_rows(q_, p_.E, rb_.tile_rows(), k.data, k.stride, k.ahead, keys, p_.E,
-                       scale_, st, tile_rows_);
-    else
+    if (!by_rows_) {
+      const auto k = keys_[0].block(j0, keys, widened_k_);
       kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,
                        tile_rows_);
+      return;
+    }
+    // Few rows: each key/value head's rows against its keys, the heads of
+    // a page in order.
+    const std::int64_t rows = rb_.kv_rows(p_);
+    for (std::size_t h = 0; h < keys_.size(); ++h) {
+      const T* q = q_ + static_cast<std::int64_t>(h) * rows * p_.E;
+      T* s = st + static_cast<std::int64_t>(h) * rows;
+      const OperandRows<T>& k_rows = keys_[h];
+      if (k_rows.widens()) {
+        kern_.score_rows_stored(q, p_.E, rows, k_rows.stored_from(j0), keys, p_.E, scale_, s, tile_rows_);
+        continue;
+      }
+      const auto k = k_rows.block(j0, keys, widened_k_);
+      kern_.score_rows(q, p_.E, rows, k.data, k.stride, k.ahead, keys, p_.E, scale_, s, tile_rows_);
+    }
   }
 
   // Tile row t = g * rows + i is query row r0 + i of head h0 + g. For
@@ -127,7 +136,7 @@ class MaskedScores {
   T* q_;
   std::int64_t tile_rows_;
   bool by_rows_;  // few rows: score_rows, else score_tile
-  OperandRows<T> keys_;
+  std::vector<OperandRows<T>> keys_;  // one per key/value head of the block
   T* widened_k_;
   T* slope_;  // null without ALiBi
   T* position_;

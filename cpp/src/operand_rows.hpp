@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "problem.hpp"
+#include "tiling.hpp"
 
 namespace dotattn::detail {
 
@@ -117,5 +119,18 @@ class OperandRows {
   std::int64_t S_;
   kernels::StoredRows stored_;
 };
+
+// The rows of each key/value head of row block rb (one, unless the block
+// takes several: RowBlock::kv_heads).
+template <class T>
+std::vector<OperandRows<T>> operand_heads(const Problem& p, const Layout& rows, const Storage& storage,
+                                          const RowBlock& rb, std::int64_t cols,
+                                          const kernels::BlockKernels<T>& kern) {
+  std::vector<OperandRows<T>> heads;
+  heads.reserve(static_cast<std::size_t>(rb.kv_heads(p)));
+  for (std::int64_t h = 0; h < rb.kv_heads(p); ++h)
+    heads.emplace_back(p, rows, storage, rb.b, rb.hk + h, cols, kern);
+  return heads;
+}
 
 }  // namespace dotattn::detail

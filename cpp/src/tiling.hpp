@@ -42,14 +42,23 @@ struct Blocking {
 // fewer than 64 row blocks, too few to keep many threads busy (decoding: one
 // row per head), the keys are split into ranges of at least 512 so that
 // there are up to 256 work items; the ranges are merged by their LSEs.
+//
+// Decoding against a paged cache (few rows per key/value head: at most
+// dot_rows, the kernels' few-rows limit), a row block takes every query
+// head, so that each page is read whole, its heads in order: one head's
+// part of a page of 16 tokens is only 2 to 8 KiB, and reading such pieces
+// scattered over the pool ran at 0.74x of contiguous (Zen 3).
 inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
-                                std::int64_t row_multiple, Purpose purpose) {
+                                std::int64_t row_multiple, std::int64_t dot_rows, Purpose purpose) {
   constexpr std::int64_t kRows = 96, kTileBytes = 64 * 1024, kMinSplitKeys = 512,
                          kSplitBelow = 64, kMaxItems = 256;
   Blocking b;
   const std::int64_t group = p.heads_per_kv();
   const bool grouped = purpose == Purpose::attention && group > 1 && group * p.L <= kRows;
   b.heads = grouped ? group : 1;
+  const bool whole_pages = purpose == Purpose::attention && p.k.pages && group * p.L <= dot_rows &&
+                           p.Hq * p.L <= kRows;
+  if (whole_pages) b.heads = p.Hq;
   b.rows = std::clamp<std::int64_t>(p.L, 1, kRows);
   b.tile_rows = round_up(b.heads * b.rows, row_multiple);
   b.q_blocks = ceil_div(p.L, b.rows);
@@ -80,6 +89,12 @@ struct RowBlock {
   std::int64_t b, h0, heads, hk, r0, rows;
 
   std::int64_t tile_rows() const { return heads * rows; }
+  // The block's key/value heads hk, hk + 1, ...: more than one when it
+  // takes every query head (paged decoding), each with kv_rows() tile rows.
+  std::int64_t kv_heads(const Problem& p) const {
+    return heads > p.heads_per_kv() ? heads / p.heads_per_kv() : 1;
+  }
+  std::int64_t kv_rows(const Problem& p) const { return tile_rows() / kv_heads(p); }
   std::int64_t head_of(std::int64_t t) const { return h0 + t / rows; }
 
   // Offset of tile row t in a result laid out so.

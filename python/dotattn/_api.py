@@ -137,7 +137,10 @@ def _per_head(x: Any, name: str) -> NDArray[Any] | None:
 
 def _score_options(window: Any, softcap: Any, alibi_slopes: Any, sinks: Any) -> _core.ScoreOptions:
     return _core.ScoreOptions(
-        _window(window), _real(softcap, "softcap"), _per_head(alibi_slopes, "alibi_slopes"), _per_head(sinks, "sinks")
+        _window(window),
+        _real(softcap, "softcap"),
+        _per_head(alibi_slopes, "alibi_slopes"),
+        _per_head(sinks, "sinks"),
     )
 
 
