@@ -71,14 +71,18 @@ struct Tile {
 // spaced, with weights pt (keys x tile_rows).
 template <class T>
 void accumulate_run(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
-                    bool few_rows, const OperandRows<T>& values, std::int64_t j0, std::int64_t keys,
-                    const T* pt, std::int64_t rows, T smallest, T* acc, Tile<T>& t) {
+                    bool few_rows, const OperandRows<T>& values, const kernels::RowsAhead& ahead,
+                    std::int64_t j0, std::int64_t keys, const T* pt, std::int64_t rows, T smallest,
+                    T* acc, Tile<T>& t) {
   // Every weight nonzero: no 0 * inf to keep out (accumulate_values), so
   // few rows read stored values straight from memory.
-  if (few_rows && values.widens() && smallest > T(0))
-    return kern.pv_accumulate_stored(pt, blk.tile_rows, rows, keys, values.stored_from(j0), p.Ev,
-                                     acc, p.Ev);
-  const auto v = values.block(j0, keys, t.wv);
+  if (few_rows && values.widens() && smallest > T(0)) {
+    kernels::StoredRows from = values.stored_from(j0);
+    from.ahead = ahead;
+    return kern.pv_accumulate_stored(pt, blk.tile_rows, rows, keys, from, p.Ev, acc, p.Ev);
+  }
+  auto v = values.block(j0, keys, t.wv);
+  if (!values.widens()) v.ahead = ahead;
   accumulate_values(kern, pt, blk.tile_rows, rows, keys, v, p.Ev, smallest, acc, t.saved,
                     t.clean_v);
 }
@@ -107,7 +111,8 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
       next = values[0].run_end(j, j0 + keys);
       for (std::size_t h = 0; h < values.size(); ++h) {  // one unless paged decoding
         const std::int64_t first_row = static_cast<std::int64_t>(h) * kv_rows;
-        accumulate_run(p, kern, blk, scores.few_rows(), values[h], j, next - j,
+        accumulate_run(p, kern, blk, scores.few_rows(), values[h],
+                       ahead_in_page_order(values, h, j, p.S), j, next - j,
                        t.st + (j - j0) * blk.tile_rows + first_row, kv_rows,
                        smallest, s.acc + first_row * p.Ev, t);
       }
@@ -229,10 +234,16 @@ Blocking widest(const std::vector<Planned<T>>& plans) {
 template <class T>
 void attention_loop(const Problem* problems, std::size_t count) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
+  const auto blocking = [&](const Problem& p, std::int64_t call_row_items) {
+    return choose_blocking(p, sizeof(T), kern.row_multiple, kern.dot_rows, Purpose::attention,
+                           call_row_items);
+  };
+  std::int64_t call_row_items = 0;
+  for (std::size_t i = 0; i < count; ++i) call_row_items += blocking(problems[i], 0).row_items(problems[i]);
   std::vector<Planned<T>> plans;
   for (std::size_t i = 0; i < count; ++i) {
     const Problem& p = problems[i];
-    Planned<T> plan{&p, choose_blocking(p, sizeof(T), kern.row_multiple, kern.dot_rows, Purpose::attention), 0, std::nullopt};
+    Planned<T> plan{&p, blocking(p, call_row_items), 0, std::nullopt};
     if (plan.blk.items(p) > 0) plans.push_back(std::move(plan));
   }
   if (plans.empty()) return;

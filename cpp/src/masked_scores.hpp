@@ -96,12 +96,15 @@ class MaskedScores {
       const T* q = q_ + static_cast<std::int64_t>(h) * rows * p_.E;
       T* s = st + static_cast<std::int64_t>(h) * rows;
       const OperandRows<T>& k_rows = keys_[h];
+      const kernels::RowsAhead ahead = ahead_in_page_order(keys_, h, j0, p_.S);
       if (k_rows.widens()) {
-        kern_.score_rows_stored(q, p_.E, rows, k_rows.stored_from(j0), keys, p_.E, scale_, s, tile_rows_);
+        kernels::StoredRows from = k_rows.stored_from(j0);
+        from.ahead = ahead;
+        kern_.score_rows_stored(q, p_.E, rows, from, keys, p_.E, scale_, s, tile_rows_);
         continue;
       }
       const auto k = k_rows.block(j0, keys, widened_k_);
-      kern_.score_rows(q, p_.E, rows, k.data, k.stride, k.ahead, keys, p_.E, scale_, s, tile_rows_);
+      kern_.score_rows(q, p_.E, rows, k.data, k.stride, ahead, keys, p_.E, scale_, s, tile_rows_);
     }
   }
 

@@ -82,7 +82,7 @@ class OperandRows {
     if (end < S_) {
       ahead.next = address(end);
       ahead.next_rows = run_end(end, S_) - end;
-      if (stored_.scale) ahead.next_scale = stored_.scale + scales_.row_offset(end);
+      ahead.next_scale = scale_address(end);
     }
     return ahead;
   }
@@ -107,11 +107,15 @@ class OperandRows {
     return {scratch, cols_, own};
   }
 
- private:
+  // Row j as stored, and its scales.
   const void* address(std::int64_t j) const {
     return static_cast<const char*>(stored_.data) + rows_.row_offset(j) * stored_size(stored_.dtype);
   }
+  const float* scale_address(std::int64_t j) const {
+    return stored_.scale ? stored_.scale + scales_.row_offset(j) : nullptr;
+  }
 
+ private:
   const kernels::BlockKernels<T>& kern_;
   std::int64_t cols_;
   bool widens_;
@@ -119,6 +123,29 @@ class OperandRows {
   std::int64_t S_;
   kernels::StoredRows stored_;
 };
+
+// What a kernel reading head h's run from row j0 may prefetch when a row
+// block reads several heads' runs page by page (RowBlock::kv_heads): the
+// rest of the run, then the same run of the next head, or after the last
+// head the next run of the first.
+template <class T>
+kernels::RowsAhead ahead_in_page_order(const std::vector<OperandRows<T>>& heads, std::size_t h,
+                                       std::int64_t j0, std::int64_t S) {
+  kernels::RowsAhead ahead = heads[h].ahead_of(j0);
+  if (heads.size() == 1) return ahead;
+  const std::int64_t end = j0 + ahead.rows;
+  const OperandRows<T>& next = h + 1 < heads.size() ? heads[h + 1] : heads[0];
+  const std::int64_t from = h + 1 < heads.size() ? j0 : end;
+  ahead.next = nullptr;
+  ahead.next_rows = 0;
+  ahead.next_scale = nullptr;
+  if (from < S) {
+    ahead.next = next.address(from);
+    ahead.next_rows = next.run_end(from, S) - from;
+    ahead.next_scale = next.scale_address(from);
+  }
+  return ahead;
+}
 
 // The rows of each key/value head of row block rb (one, unless the block
 // takes several: RowBlock::kv_heads).
