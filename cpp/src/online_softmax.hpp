@@ -183,8 +183,11 @@ void softmax_row(T* row, std::int64_t begin, std::int64_t end, std::int64_t n, T
     std::fill(row + begin, row + n, T(0));
     return;
   }
-  T sum = std::exp(sink - m);
-  for (std::int64_t j = begin; j < end; ++j) sum += row[j] = std::exp(row[j] - m);
+  // Summed in double: a float32 sum of thousands of equal weights (a sink
+  // above every score) rounds to 1e-5 relative, the whole tolerance.
+  double total = std::exp(static_cast<double>(sink) - m);
+  for (std::int64_t j = begin; j < end; ++j) total += row[j] = std::exp(row[j] - m);
+  const T sum = static_cast<T>(total);
   const T inv = T(1) / sum;
   for (std::int64_t j = begin; j < end; ++j) row[j] *= inv;
   std::fill(row + end, row + n, std::isnan(sum) ? sum : T(0));

@@ -115,6 +115,17 @@ class OperandRows {
     return stored_.scale ? stored_.scale + scales_.row_offset(j) : nullptr;
   }
 
+  // Whether this operand's row j (and its scales) lie `rows` rows after
+  // `first`'s row j at `first`'s spacing: the two runs read as one.
+  bool continues(const OperandRows& first, std::int64_t j, std::int64_t rows) const {
+    const std::int64_t size = stored_size(stored_.dtype);
+    const bool data = static_cast<const char*>(address(j)) ==
+                      static_cast<const char*>(first.address(j)) + rows * first.stored_.stride * size;
+    const bool scales = !stored_.scale ||
+                        scale_address(j) == first.scale_address(j) + rows * first.stored_.scale_stride;
+    return data && scales;
+  }
+
  private:
   const kernels::BlockKernels<T>& kern_;
   std::int64_t cols_;
@@ -126,16 +137,20 @@ class OperandRows {
 
 // What a kernel reading head h's run from row j0 may prefetch when a row
 // block reads several heads' runs page by page (RowBlock::kv_heads): the
-// rest of the run, then the same run of the next head, or after the last
-// head the next run of the first.
+// rest of the run and, where the next heads' runs follow it evenly spaced
+// (vLLM's layout: a page's heads one after another), theirs as well; then
+// the next head's run, or after the last head the first head's next run.
 template <class T>
 kernels::RowsAhead ahead_in_page_order(const std::vector<OperandRows<T>>& heads, std::size_t h,
                                        std::int64_t j0, std::int64_t S) {
   kernels::RowsAhead ahead = heads[h].ahead_of(j0);
   if (heads.size() == 1) return ahead;
-  const std::int64_t end = j0 + ahead.rows;
-  const OperandRows<T>& next = h + 1 < heads.size() ? heads[h + 1] : heads[0];
-  const std::int64_t from = h + 1 < heads.size() ? j0 : end;
+  const std::int64_t run = ahead.rows;
+  std::size_t last = h;  // the last head whose run continues evenly spaced
+  while (last + 1 < heads.size() && heads[last + 1].continues(heads[h], j0, (last + 1 - h) * run)) ++last;
+  ahead.rows = static_cast<std::int64_t>(last - h + 1) * run;
+  const OperandRows<T>& next = last + 1 < heads.size() ? heads[last + 1] : heads[0];
+  const std::int64_t from = last + 1 < heads.size() ? j0 : j0 + run;
   ahead.next = nullptr;
   ahead.next_rows = 0;
   ahead.next_scale = nullptr;

@@ -255,9 +255,10 @@ struct BlockKernelsFor {
   }
 
   // prefetch_source near the end of the source's rows: on into the next
-  // page, or nothing past the last row.
+  // page, or nothing past the last row. Out of line, and noipa: GCC finds a
+  // function that only prefetches free of side effects and drops the call.
   template <class Src>
-  [[gnu::noinline]] static void prefetch_across(const Src& src, std::int64_t j, std::int64_t count,
+  [[gnu::noipa]] static void prefetch_across(const Src& src, std::int64_t j, std::int64_t count,
                                                 std::int64_t cols) {
     const RowsAhead& ahead = src.ahead;
     for (std::int64_t r = j; r < j + count; ++r) {
