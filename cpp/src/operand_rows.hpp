@@ -146,8 +146,14 @@ kernels::RowsAhead ahead_in_page_order(const std::vector<OperandRows<T>>& heads,
   kernels::RowsAhead ahead = heads[h].ahead_of(j0);
   if (heads.size() == 1) return ahead;
   const std::int64_t run = ahead.rows;
-  std::size_t last = h;  // the last head whose run continues evenly spaced
-  while (last + 1 < heads.size() && heads[last + 1].continues(heads[h], j0, (last + 1 - h) * run)) ++last;
+  // The last head whose run continues evenly spaced; a few heads are as far
+  // as any kernel prefetches (kernels::kValueBytesAhead), and every head
+  // of every page asks.
+  constexpr std::size_t kMostHeads = 4;
+  std::size_t last = h;
+  while (last + 1 < heads.size() && last - h < kMostHeads &&
+         heads[last + 1].continues(heads[h], j0, static_cast<std::int64_t>(last + 1 - h) * run))
+    ++last;
   ahead.rows = static_cast<std::int64_t>(last - h + 1) * run;
   const OperandRows<T>& next = last + 1 < heads.size() ? heads[last + 1] : heads[0];
   const std::int64_t from = last + 1 < heads.size() ? j0 : j0 + run;
