@@ -161,13 +161,12 @@ struct RangeStates {
   }
 };
 
-// One problem of a call (a sequence of a packed batch, or the whole call),
-// its blocking, and its first work item among the call's.
+// One problem of a call (a sequence of a packed batch, or the whole call)
+// and its blocking.
 template <class T>
 struct Planned {
   const Problem* p;
   Blocking blk;
-  std::int64_t first_item = 0;
   std::optional<RangeStates<T>> ranges;  // split into key ranges: their states
 };
 
@@ -243,7 +242,7 @@ void attention_loop(const Problem* problems, std::size_t count) {
   std::vector<Planned<T>> plans;
   for (std::size_t i = 0; i < count; ++i) {
     const Problem& p = problems[i];
-    Planned<T> plan{&p, blocking(p, call_row_items), 0, std::nullopt};
+    Planned<T> plan{&p, blocking(p, call_row_items), std::nullopt};
     if (plan.blk.items(p) > 0) plans.push_back(std::move(plan));
   }
   if (plans.empty()) return;

@@ -92,7 +92,7 @@ class OperandRows {
   kernels::StoredRows stored_from(std::int64_t j0) const {
     kernels::StoredRows from = stored_;
     from.data = address(j0);
-    if (from.scale) from.scale += scales_.row_offset(j0);
+    from.scale = scale_address(j0);
     from.ahead = ahead_of(j0);
     return from;
   }
