@@ -67,24 +67,26 @@ struct Tile {
   }
 };
 
-// The P·V step of keys [j0, j0 + keys), rows the operand stores evenly
-// spaced, with weights pt (keys x tile_rows).
+// The P·V step of keys [j0, j0 + keys) with weights pt (keys x tile_rows),
+// `rows` tile rows per key/value head.
 template <class T>
-void accumulate_run(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
-                    bool few_rows, const OperandRows<T>& values, const kernels::RowsAhead& ahead,
-                    std::int64_t j0, std::int64_t keys, const T* pt, std::int64_t rows, T smallest,
-                    T* acc, Tile<T>& t) {
+void accumulate_block(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
+                      bool few_rows, const OperandRows<T>& values, std::int64_t j0,
+                      std::int64_t keys, const T* pt, std::int64_t rows, T smallest, T* acc,
+                      Tile<T>& t) {
   // Every weight nonzero: no 0 * inf to keep out (accumulate_values), so
-  // few rows read stored values straight from memory.
-  if (few_rows && values.widens() && smallest > T(0)) {
-    kernels::StoredRows from = values.stored_from(j0);
-    from.ahead = ahead;
-    return kern.pv_accumulate_stored(pt, blk.tile_rows, rows, keys, from, p.Ev, acc, p.Ev);
+  // few rows read the values as stored, straight from memory and across
+  // pages, in one call.
+  if (few_rows && smallest > T(0))
+    return kern.pv_accumulate(pt, blk.tile_rows, rows, keys, values.stored_from(j0), p.Ev, acc,
+                              p.Ev);
+  for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
+    next = values.run_end(j, j0 + keys);
+    for (std::int64_t h = 0; h < values.heads(); ++h)
+      accumulate_values(kern, pt + (j - j0) * blk.tile_rows + h * rows, blk.tile_rows, rows,
+                        next - j, values.block(h, j, next - j, t.wv), p.Ev, smallest,
+                        acc + h * rows * p.Ev, t.saved, t.clean_v);
   }
-  auto v = values.block(j0, keys, t.wv);
-  if (!values.widens()) v.ahead = ahead;
-  accumulate_values(kern, pt, blk.tile_rows, rows, keys, v, p.Ev, smallest, acc, t.saved,
-                    t.clean_v);
 }
 
 // The softmax state of row block rb over `count` keys from the `first`-th
@@ -93,8 +95,7 @@ template <class T>
 RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const Blocking& blk,
                    const RowBlock& rb, std::int64_t first, std::int64_t count, Tile<T>& t) {
   const MaskedScores<T> scores(p, kern, rb, blk.tile_rows, {t.q, t.wk, t.bias});
-  const std::vector<OperandRows<T>> values = operand_heads(p, p.v, p.v_storage, rb, p.Ev, kern);
-  const std::int64_t kv_rows = rb.kv_rows(p);
+  const OperandRows<T> values(p, p.v, p.v_storage, rb.b, rb.hk, rb.kv_heads(p), p.Ev, kern);
   const std::int64_t rows = rb.tile_rows();
   const RowState<T> s = t.state(blk.tile_rows);
   std::fill(s.m, s.m + blk.tile_rows, kNegInf<T>);
@@ -107,16 +108,8 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
     const std::int64_t keys = std::min(blk.keys, end - j0);
     scores.compute(j0, keys, t.st);
     const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
-    for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
-      next = values[0].run_end(j, j0 + keys);
-      for (std::size_t h = 0; h < values.size(); ++h) {  // one unless paged decoding
-        const std::int64_t first_row = static_cast<std::int64_t>(h) * kv_rows;
-        accumulate_run(p, kern, blk, scores.few_rows(), values[h],
-                       ahead_in_page_order(values, h, j, p.S), j, next - j,
-                       t.st + (j - j0) * blk.tile_rows + first_row, kv_rows,
-                       smallest, s.acc + first_row * p.Ev, t);
-      }
-    }
+    accumulate_block(p, kern, blk, scores.few_rows(), values, j0, keys, t.st, rb.kv_rows(p),
+                     smallest, s.acc, t);
   }
   return s;
 }

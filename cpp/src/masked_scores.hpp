@@ -5,7 +5,6 @@
 #pragma once
 
 #include <algorithm>
-#include <vector>
 #include <cstdint>
 
 #include "kernels/kernels.hpp"
@@ -37,7 +36,7 @@ class MaskedScores {
         q_(scratch.q),
         tile_rows_(tile_rows),
         by_rows_(rb.kv_rows(p) <= kern.dot_rows),
-        keys_(operand_heads(p, p.k, p.k_storage, rb, p.E, kern)),
+        keys_(p, p.k, p.k_storage, rb.b, rb.hk, rb.kv_heads(p), p.E, kern),
         widened_k_(scratch.widened_k),
         slope_(p.alibi_slopes.empty() ? nullptr : scratch.bias),
         position_(scratch.bias + tile_rows),
@@ -63,10 +62,11 @@ class MaskedScores {
   // [j0, j0 + keys): the scaled scores with the mask and the causal rule
   // applied (and the scores adjusted by softcap and ALiBi).
   void compute(std::int64_t j0, std::int64_t keys, T* st) const {
-    for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
-      next = keys_[0].run_end(j, j0 + keys);
-      score_run(j, next - j, st + (j - j0) * tile_rows_);
-    }
+    if (by_rows_)
+      kern_.score_rows(q_, p_.E, rb_.kv_rows(p_), keys_.stored_from(j0), keys, p_.E, scale_, st,
+                       tile_rows_);
+    else
+      score_runs(j0, keys, st);
     if (p_.softcap > 0) kern_.soft_cap(st, tile_rows_, keys, tile_rows_, static_cast<T>(p_.softcap));
     if (slope_) kern_.add_distance_bias(st, tile_rows_, keys, tile_rows_, slope_, position_, j0);
     const TileStrides ts{1, tile_rows_};
@@ -80,31 +80,14 @@ class MaskedScores {
   }
 
  private:
-  // The scaled scores of keys [j0, j0 + keys), rows the operand stores
-  // evenly spaced.
-  void score_run(std::int64_t j0, std::int64_t keys, T* st) const {
-    if (!by_rows_) {
-      const auto k = keys_[0].block(j0, keys, widened_k_);
-      kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, keys, p_.E, scale_, st,
-                       tile_rows_);
-      return;
-    }
-    // Few rows: each key/value head's rows against its keys, the heads of
-    // a page in order.
-    const std::int64_t rows = rb_.kv_rows(p_);
-    for (std::size_t h = 0; h < keys_.size(); ++h) {
-      const T* q = q_ + static_cast<std::int64_t>(h) * rows * p_.E;
-      T* s = st + static_cast<std::int64_t>(h) * rows;
-      const OperandRows<T>& k_rows = keys_[h];
-      const kernels::RowsAhead ahead = ahead_in_page_order(keys_, h, j0, p_.S);
-      if (k_rows.widens()) {
-        kernels::StoredRows from = k_rows.stored_from(j0);
-        from.ahead = ahead;
-        kern_.score_rows_stored(q, p_.E, rows, from, keys, p_.E, scale_, s, tile_rows_);
-        continue;
-      }
-      const auto k = k_rows.block(j0, keys, widened_k_);
-      kern_.score_rows(q, p_.E, rows, k.data, k.stride, ahead, keys, p_.E, scale_, s, tile_rows_);
+  // The scaled scores of keys [j0, j0 + keys) for many rows: a tile per
+  // run of evenly spaced rows (a page, in a paged cache).
+  void score_runs(std::int64_t j0, std::int64_t keys, T* st) const {
+    for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
+      next = keys_.run_end(j, j0 + keys);
+      const auto k = keys_.block(0, j, next - j, widened_k_);
+      kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, next - j, p_.E, scale_,
+                       st + (j - j0) * tile_rows_, tile_rows_);
     }
   }
 
@@ -139,7 +122,7 @@ class MaskedScores {
   T* q_;
   std::int64_t tile_rows_;
   bool by_rows_;  // few rows: score_rows, else score_tile
-  std::vector<OperandRows<T>> keys_;  // one per key/value head of the block
+  OperandRows<T> keys_;
   T* widened_k_;
   T* slope_;  // null without ALiBi
   T* position_;

@@ -94,18 +94,20 @@ bool all_finite_rows(const T* x, std::int64_t rows, std::int64_t stride, std::in
 // NaN it is redone: the kernel runs on the values with their non-finite
 // entries zeroed (which leaves every other sum exactly as it was), and the
 // non-finite entries are then added where their weight is nonzero. clean_v
-// holds keys x Ev; values: data, stride and ahead (OperandRows::Rows).
+// holds keys x Ev; values: data, stride and count (OperandRows::Rows).
 template <class T, class Rows>
 void accumulate_values(const kernels::BlockKernels<T>& kern, const T* pt, std::int64_t pt_ld,
                        std::int64_t rows, std::int64_t keys, const Rows& values, std::int64_t Ev,
                        T smallest_weight, T* acc, T* saved, T* clean_v) {
   const T* v = values.data;
   const std::int64_t v_stride = values.stride;
+  const kernels::StoredRows in_place =
+      kernels::rows_at(dtype_of<T>::value, v, v_stride, values.count, Ev);
   if (smallest_weight > T(0) || all_finite_rows(v, keys, v_stride, Ev))
-    return kern.pv_accumulate(pt, pt_ld, rows, keys, v, v_stride, values.ahead, Ev, acc, Ev);
+    return kern.pv_accumulate(pt, pt_ld, rows, keys, in_place, Ev, acc, Ev);
   const auto bytes = static_cast<std::size_t>(rows * Ev) * sizeof(T);
   std::memcpy(saved, acc, bytes);
-  kern.pv_accumulate(pt, pt_ld, rows, keys, v, v_stride, values.ahead, Ev, acc, Ev);
+  kern.pv_accumulate(pt, pt_ld, rows, keys, in_place, Ev, acc, Ev);
   if (all_finite(acc, rows * Ev)) return;
 
   std::memcpy(acc, saved, bytes);
@@ -114,7 +116,8 @@ void accumulate_values(const kernels::BlockKernels<T>& kern, const T* pt, std::i
       const T x = v[j * v_stride + e];
       clean_v[j * Ev + e] = all_finite(&x, 1) ? x : T(0);
     }
-  kern.pv_accumulate(pt, pt_ld, rows, keys, clean_v, Ev, kernels::RowsAhead{keys, nullptr, 0, nullptr}, Ev, acc, Ev);
+  kern.pv_accumulate(pt, pt_ld, rows, keys, kernels::rows_at(dtype_of<T>::value, clean_v, Ev, keys, Ev),
+                     Ev, acc, Ev);
   for (std::int64_t j = 0; j < keys; ++j)
     for (std::int64_t e = 0; e < Ev; ++e) {
       const T x = v[j * v_stride + e];

@@ -7,9 +7,7 @@
 // per work item, and K and V are never copied whole.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "problem.hpp"
@@ -38,147 +36,73 @@ inline bool widens(const Storage& storage, DType computed) { return storage.dtyp
 template <class T>
 class OperandRows {
  public:
+  // Rows of one run as T, `stride` apart: `count` rows from data exist (at
+  // least those asked for), as far as a kernel may prefetch.
   struct Rows {
     const T* data;
     std::int64_t stride;
-    kernels::RowsAhead ahead;
+    std::int64_t count;
   };
 
-  // Rows of head `head` in batch b of an operand with `cols` columns.
+  // Rows of heads [head, head + heads) in batch b of an operand with `cols`
+  // columns.
   OperandRows(const Problem& p, const Layout& rows, const Storage& storage, std::int64_t b,
-              std::int64_t head, std::int64_t cols, const kernels::BlockKernels<T>& kern)
-      : kern_(kern),
-        cols_(cols),
-        widens_(detail::widens(storage, dtype_of<T>::value)),
-        rows_(rows),
-        scales_(storage.scale),
-        S_(p.S) {
+              std::int64_t head, std::int64_t heads, std::int64_t cols,
+              const kernels::BlockKernels<T>& kern)
+      : kern_(kern), widens_(detail::widens(storage, dtype_of<T>::value)), S_(p.S) {
     const std::int64_t first = batch_offset(p, rows, b) + head * rows.head;
     stored_.dtype = storage.dtype;
     stored_.data = static_cast<const char*>(rows.data) + first * stored_size(storage.dtype);
-    stored_.stride = rows.row;
+    stored_.rows = rows.map();
     stored_.cols = cols;
+    stored_.heads = heads;
+    stored_.head_stride = rows.head;
     if (storage.dtype == DType::int8) {
       stored_.scale = static_cast<const float*>(storage.scale.data) +
                       batch_offset(p, storage.scale, b) + head * storage.scale.head;
-      stored_.scale_stride = storage.scale.row;
+      stored_.scale_rows = storage.scale.map();
+      stored_.scale_head_stride = storage.scale.head;
       stored_.group = storage.group;
     }
   }
 
-  // Whether the rows are stored in another format than T.
-  bool widens() const { return widens_; }
+  std::int64_t heads() const { return stored_.heads; }
 
-  // The end of the run of rows from j0 (before `end`) that the calls below
-  // may read together: a paged cache's rows are evenly spaced within a page.
-  std::int64_t run_end(std::int64_t j0, std::int64_t end) const { return rows_.run_end(j0, end); }
-
-  // What a kernel reading rows from j0 may prefetch: the rest of j0's run
-  // and the next run (all rows to S unless paged).
-  kernels::RowsAhead ahead_of(std::int64_t j0) const {
-    kernels::RowsAhead ahead;
-    const std::int64_t end = run_end(j0, S_);
-    ahead.rows = end - j0;
-    if (end < S_) {
-      ahead.next = address(end);
-      ahead.next_rows = run_end(end, S_) - end;
-      ahead.next_scale = scale_address(end);
-    }
-    return ahead;
+  // The end of the run of rows from j0 (before `end`) that block() may
+  // return together: a paged cache's rows are evenly spaced within a page.
+  std::int64_t run_end(std::int64_t j0, std::int64_t end) const {
+    return stored_.rows.run_end(j0, end);
   }
 
-  // The stored rows from row j0 on (to its run's end), for the kernels that
-  // widen as they load.
+  // The rows of every head from row j0 on, as stored, for the few-rows
+  // kernels, which find them through the row map, across the pages of a
+  // paged cache.
   kernels::StoredRows stored_from(std::int64_t j0) const {
     kernels::StoredRows from = stored_;
-    from.data = address(j0);
-    from.scale = scale_address(j0);
-    from.ahead = ahead_of(j0);
+    from.first = j0;
+    from.count = S_ - j0;
     return from;
   }
 
-  // Rows [j0, j0 + n) of one run as T; scratch (n x cols) receives them
-  // when they are widened.
-  Rows block(std::int64_t j0, std::int64_t n, T* scratch) const {
-    if (!widens_) return {static_cast<const T*>(address(j0)), stored_.stride, ahead_of(j0)};
-    kern_.widen(stored_from(j0), n, cols_, scratch);
-    kernels::RowsAhead own;
-    own.rows = n;
-    return {scratch, cols_, own};
-  }
-
-  // Row j as stored, and its scales.
-  const void* address(std::int64_t j) const {
-    return static_cast<const char*>(stored_.data) + rows_.row_offset(j) * stored_size(stored_.dtype);
-  }
-  const float* scale_address(std::int64_t j) const {
-    return stored_.scale ? stored_.scale + scales_.row_offset(j) : nullptr;
-  }
-
-  // Whether this operand's row j (and its scales) lie `rows` rows after
-  // `first`'s row j at `first`'s spacing: the two runs read as one.
-  bool continues(const OperandRows& first, std::int64_t j, std::int64_t rows) const {
-    const std::int64_t size = stored_size(stored_.dtype);
-    const bool data = static_cast<const char*>(address(j)) ==
-                      static_cast<const char*>(first.address(j)) + rows * first.stored_.stride * size;
-    const bool scales = !stored_.scale ||
-                        scale_address(j) == first.scale_address(j) + rows * first.stored_.scale_stride;
-    return data && scales;
+  // Rows [j0, j0 + n) of one run of head h as T; scratch (n x cols)
+  // receives them when they are widened.
+  Rows block(std::int64_t h, std::int64_t j0, std::int64_t n, T* scratch) const {
+    kernels::StoredRows from = stored_from(j0);
+    from.data = static_cast<const char*>(from.data) + h * from.head_stride * stored_size(from.dtype);
+    if (from.scale) from.scale += h * from.scale_head_stride;
+    from.heads = 1;
+    if (!widens_)
+      return {static_cast<const T*>(from.data) + from.rows.offset(j0), from.rows.stride,
+              run_end(j0, S_) - j0};
+    kern_.widen(from, n, from.cols, scratch);
+    return {scratch, from.cols, n};
   }
 
  private:
   const kernels::BlockKernels<T>& kern_;
-  std::int64_t cols_;
   bool widens_;
-  Layout rows_, scales_;
   std::int64_t S_;
   kernels::StoredRows stored_;
 };
-
-// What a kernel reading head h's run from row j0 may prefetch when a row
-// block reads several heads' runs page by page (RowBlock::kv_heads): the
-// rest of the run and, where the next heads' runs follow it evenly spaced
-// (vLLM's layout: a page's heads one after another), theirs as well; then
-// the next head's run, or after the last head the first head's next run.
-template <class T>
-kernels::RowsAhead ahead_in_page_order(const std::vector<OperandRows<T>>& heads, std::size_t h,
-                                       std::int64_t j0, std::int64_t S) {
-  kernels::RowsAhead ahead = heads[h].ahead_of(j0);
-  if (heads.size() == 1) return ahead;
-  const std::int64_t run = ahead.rows;
-  // The last head whose run continues evenly spaced; a few heads are as far
-  // as any kernel prefetches (kernels::kValueBytesAhead), and every head
-  // of every page asks.
-  constexpr std::size_t kMostHeads = 4;
-  std::size_t last = h;
-  while (last + 1 < heads.size() && last - h < kMostHeads &&
-         heads[last + 1].continues(heads[h], j0, static_cast<std::int64_t>(last + 1 - h) * run))
-    ++last;
-  ahead.rows = static_cast<std::int64_t>(last - h + 1) * run;
-  const OperandRows<T>& next = last + 1 < heads.size() ? heads[last + 1] : heads[0];
-  const std::int64_t from = last + 1 < heads.size() ? j0 : j0 + run;
-  ahead.next = nullptr;
-  ahead.next_rows = 0;
-  ahead.next_scale = nullptr;
-  if (from < S) {
-    ahead.next = next.address(from);
-    ahead.next_rows = next.run_end(from, S) - from;
-    ahead.next_scale = next.scale_address(from);
-  }
-  return ahead;
-}
-
-// The rows of each key/value head of row block rb (one, unless the block
-// takes several: RowBlock::kv_heads).
-template <class T>
-std::vector<OperandRows<T>> operand_heads(const Problem& p, const Layout& rows, const Storage& storage,
-                                          const RowBlock& rb, std::int64_t cols,
-                                          const kernels::BlockKernels<T>& kern) {
-  std::vector<OperandRows<T>> heads;
-  heads.reserve(static_cast<std::size_t>(rb.kv_heads(p)));
-  for (std::int64_t h = 0; h < rb.kv_heads(p); ++h)
-    heads.emplace_back(p, rows, storage, rb.b, rb.hk + h, cols, kern);
-  return heads;
-}
 
 }  // namespace dotattn::detail

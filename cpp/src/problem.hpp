@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dotattn/dotattn.hpp"
+#include "kernels/kernels.hpp"
 
 namespace dotattn::detail {
 
@@ -19,26 +20,15 @@ struct Layout {
   std::int64_t col = 1;
   // A paged KV cache: row j is row j % page_size of page pages[j /
   // page_size], which starts page_stride elements after the previous one.
-  // page_shift: log2(page_size) where it is a power of two, else -1 (the
-  // loops find a row's page once per run, a division they avoid so).
+  // page_shift: log2(page_size) where it is a power of two, else -1.
   const std::int32_t* pages = nullptr;
   std::int64_t page_size = 0, page_stride = 0;
   int page_shift = -1;
 
-  std::int64_t page_of(std::int64_t j) const {
-    return page_shift >= 0 ? j >> page_shift : j / page_size;
-  }
+  // Where the rows lie, from the start of their head.
+  kernels::RowMap map() const { return {row, pages, page_size, page_stride, page_shift}; }
   // Element offset of row j, from the start of its head.
-  std::int64_t row_offset(std::int64_t j) const {
-    if (!pages) return j * row;
-    const std::int64_t page = page_of(j);
-    return pages[page] * page_stride + (j - page * page_size) * row;
-  }
-  // The end of the run of rows from j0 (before `end`) that lie evenly
-  // spaced by `row`: the rest of j0's page, or all of them.
-  std::int64_t run_end(std::int64_t j0, std::int64_t end) const {
-    return pages ? std::min(end, (page_of(j0) + 1) * page_size) : end;
-  }
+  std::int64_t row_offset(std::int64_t j) const { return map().offset(j); }
 };
 
 // Where row r of query head h of batch entry b lands in a result: element

@@ -23,10 +23,8 @@ namespace {
 const float* row_of(const TensorView& x, std::int64_t r, float* buffer) {
   const std::int64_t offset = detail::row_offset(r, x.shape, x.strides);
   if (x.dtype == DType::float32) return static_cast<const float*>(x.data) + offset;
-  kernels::StoredRows from;
-  from.dtype = x.dtype;
-  from.data = static_cast<const std::uint16_t*>(x.data) + offset;
-  from.cols = x.shape.back();
+  const kernels::StoredRows from = kernels::rows_at(
+      x.dtype, static_cast<const std::uint16_t*>(x.data) + offset, 0, 1, x.shape.back());
   kernels::selected<float>().widen(from, 1, x.shape.back(), buffer);
   return buffer;
 }

@@ -124,23 +124,26 @@ struct BlockKernelsFor {
   // place as T; Stored<D>, as stored (float16, bfloat16, int8), widened in
   // registers as they are loaded, so that the rows stream from memory with
   // the same prefetching as T's and no scratch pass stands between memory
-  // and the arithmetic. Both give load(j, c) (N elements of row j from
-  // column c), load_partial(j, c, lanes) and the byte address of a row;
-  // a Stored int8 source with kRowScale or kPanelScale also gives its rows
-  // unscaled and the scale that the kernel applies once instead.
+  // and the arithmetic. Either is a run of evenly spaced rows (run(): the
+  // rows from row j of head h of a StoredRows, to the end of j's page), so
+  // that the row map is read once per run, not per row: found per row, the
+  // address arithmetic of a 16-bit row cost as much as its FMAs. Both give
+  // load(j, c) (N elements of row j from column c) and load_partial(j, c,
+  // lanes); a Stored int8 source with kRowScale or kPanelScale also gives
+  // its rows unscaled and the scale that the kernel applies once instead.
   struct Plain {
     const T* data;
     std::int64_t stride;
-    RowsAhead ahead;
     static constexpr std::int64_t kSize = sizeof(T);
     static constexpr bool kScaled = false, kRowScale = false, kPanelScale = false;
 
+    static Plain run(const StoredRows& s, std::int64_t h, std::int64_t j) {
+      return {static_cast<const T*>(s.data) + h * s.head_stride + s.rows.offset(s.first + j),
+              s.rows.stride};
+    }
     R load(std::int64_t j, std::int64_t c) const { return V::load(data + j * stride + c); }
     R load_partial(std::int64_t j, std::int64_t c, std::int64_t lanes) const {
       return V::load_partial(data + j * stride + c, lanes);
-    }
-    const char* row(std::int64_t j) const {
-      return reinterpret_cast<const char*>(data + j * stride);
     }
   };
 
@@ -164,17 +167,17 @@ struct BlockKernelsFor {
     std::int64_t scale_stride;
     std::int64_t group;
     int group_shift;
-    RowsAhead ahead;
 
-    explicit Stored(const StoredRows& s)
-        : data(static_cast<const Elem*>(s.data)),
-          stride(s.stride),
-          scale(s.scale),
-          scale_stride(s.scale_stride),
-          group(s.group),
-          group_shift(s.group > 0 ? __builtin_ctzll(static_cast<unsigned long long>(s.group)) : 0),
-          ahead(s.ahead) {}
-
+    static Stored run(const StoredRows& s, std::int64_t h, std::int64_t j) {
+      Stored r;
+      r.data = static_cast<const Elem*>(s.data) + h * s.head_stride + s.rows.offset(s.first + j);
+      r.stride = s.rows.stride;
+      r.scale = kScaled ? s.scale + h * s.scale_head_stride + s.scale_rows.offset(s.first + j) : nullptr;
+      r.scale_stride = s.scale_rows.stride;
+      r.group = s.group;
+      r.group_shift = s.group > 0 ? __builtin_ctzll(static_cast<unsigned long long>(s.group)) : 0;
+      return r;
+    }
     static R widen(const Elem* p) {
       if constexpr (D == DType::float16) return V::from_f16(p);
       else if constexpr (D == DType::bfloat16) return V::from_bf16(p);
@@ -212,24 +215,29 @@ struct BlockKernelsFor {
     T panel_scale(std::int64_t j, std::int64_t c) const {
       return scale[j * scale_stride + (How == Scales::row ? 0 : c >> group_shift)];
     }
-    const char* row(std::int64_t j) const {
-      return reinterpret_cast<const char*>(data + j * stride);
-    }
   };
 
-  // Calls f(source) with the source type of src's format and scales.
+  template <class Src>
+  struct As {
+    using type = Src;
+  };
+
+  // Calls f(As<Src>{}) with the source type of src's format and scales.
   template <class F>
-  static void with_stored(const StoredRows& src, const F& f) {
-    switch (src.dtype) {
-      case DType::float16: return f(Stored<DType::float16>(src));
-      case DType::bfloat16: return f(Stored<DType::bfloat16>(src));
-      default: break;
+  static void with_source(const StoredRows& src, const F& f) {
+    if (src.dtype == dtype_of<T>::value) return f(As<Plain>{});
+    if constexpr (std::is_same_v<T, float>) {
+      switch (src.dtype) {
+        case DType::float16: return f(As<Stored<DType::float16>>{});
+        case DType::bfloat16: return f(As<Stored<DType::bfloat16>>{});
+        default: break;
+      }
+      const bool power_of_two = (src.group & (src.group - 1)) == 0;
+      if (src.group >= src.cols) return f(As<Stored<DType::int8, Scales::row>>{});
+      if (src.group % (V::kPvColVecs * N) == 0 && power_of_two)
+        return f(As<Stored<DType::int8, Scales::shift>>{});
+      f(As<Stored<DType::int8, Scales::lanes>>{});
     }
-    const bool power_of_two = (src.group & (src.group - 1)) == 0;
-    if (src.group >= src.cols) return f(Stored<DType::int8, Scales::row>(src));
-    if (src.group % (V::kPvColVecs * N) == 0 && power_of_two)
-      return f(Stored<DType::int8, Scales::shift>(src));
-    f(Stored<DType::int8, Scales::lanes>(src));
   }
 
   // How many rows of `cols` elements of a source make `bytes` bytes.
@@ -239,39 +247,32 @@ struct BlockKernelsFor {
     return (bytes + row - 1) / row;
   }
 
-  // Asks for rows [j, j + count) of a source to be brought into cache, their
-  // scales too, as far as src.ahead says they exist (past the end of a page
-  // of a paged cache lie other rows: the next page is elsewhere). The rows
-  // of the source itself take the plain loop: anything more in the loops
-  // that stream K and V slowed contiguous decoding by a third (Zen 3).
-  template <class Src>
-  static void prefetch_source(const Src& src, std::int64_t j, std::int64_t count, std::int64_t cols) {
-    if (j + count > src.ahead.rows) return prefetch_across(src, j, count, cols);
-    for (std::int64_t r = j; r < j + count; ++r) {
-      const char* row = src.row(r);
-      for (std::int64_t b = 0; b < cols * Src::kSize; b += 64) __builtin_prefetch(row + b, 0, 3);
-      if constexpr (Src::kScaled) __builtin_prefetch(src.scale + r * src.scale_stride, 0, 3);
-    }
+  // The end of the run of rows from j (before `end`) that lie evenly
+  // spaced: the rest of j's page, or all of them.
+  static std::int64_t run_end(const StoredRows& s, std::int64_t j, std::int64_t end) {
+    return s.rows.run_end(s.first + j, s.first + end) - s.first;
   }
 
-  // prefetch_source near the end of the source's rows: on into the next
-  // page, or nothing past the last row. Out of line, and noipa: GCC finds a
-  // function that only prefetches free of side effects and drops the call.
+  // Asks for `count` rows to be brought into cache, their scales too, from
+  // the row `distance` rows after row j of head h in the order the kernels
+  // read them (rows [begin, end) of each head in turn, then the next run),
+  // as far as s has rows: through the row map, the rows ahead run on across
+  // the pages of a paged cache. Inlined always: GCC 12 takes a function
+  // that only prefetches for one without effects and drops its calls.
   template <class Src>
-  [[gnu::noipa]] static void prefetch_across(const Src& src, std::int64_t j, std::int64_t count,
-                                                std::int64_t cols) {
-    const RowsAhead& ahead = src.ahead;
-    for (std::int64_t r = j; r < j + count; ++r) {
-      const char* row = src.row(r);
-      const float* scale = nullptr;
-      if constexpr (Src::kScaled) scale = src.scale + r * src.scale_stride;
-      if (r >= ahead.rows) {
-        if (r - ahead.rows >= ahead.next_rows) return;
-        row = static_cast<const char*>(ahead.next) + (src.row(r) - src.row(ahead.rows));
-        if constexpr (Src::kScaled) scale = ahead.next_scale + (r - ahead.rows) * src.scale_stride;
-      }
-      for (std::int64_t b = 0; b < cols * Src::kSize; b += 64) __builtin_prefetch(row + b, 0, 3);
-      if (scale) __builtin_prefetch(scale, 0, 3);
+  [[gnu::always_inline]] static void prefetch_ahead(const StoredRows& s, std::int64_t h, std::int64_t j,
+                             std::int64_t begin, std::int64_t end, std::int64_t distance,
+                             std::int64_t count) {
+    std::int64_t r = j + distance;
+    for (; r >= end && h + 1 < s.heads; ++h) r -= end - begin;
+    if (r >= end) h = 0;  // past the run's last head: the next run, from its first
+    const std::int64_t last = r + count < s.count ? r + count : s.count;
+    const char* head = static_cast<const char*>(s.data) + h * s.head_stride * Src::kSize;
+    for (; r < last; ++r) {
+      const char* row = head + s.rows.offset(s.first + r) * Src::kSize;
+      for (std::int64_t b = 0; b < s.cols * Src::kSize; b += 64) __builtin_prefetch(row + b, 0, 3);
+      if constexpr (Src::kScaled)
+        __builtin_prefetch(s.scale + h * s.scale_head_stride + s.scale_rows.offset(s.first + r), 0, 3);
     }
   }
 
@@ -306,43 +307,48 @@ struct BlockKernelsFor {
     }
   }
 
+  // Scores of keys [begin, end) of head h of k (one run, read from `run`)
+  // against Rows rows; the keys `ahead` rows on are prefetched, each once,
+  // when `prefetch` (the first rows of a head).
   template <int Rows, class Src>
-  static void score_dot_rows(const T* q, std::int64_t q_ld, const Src& k, std::int64_t keys,
-                             std::int64_t E, T scale, T* st, std::int64_t st_ld) {
-    const std::int64_t ahead = rows_in<Src>(kKeyBytesAhead, E);
+  static void score_dot_rows(const T* q, std::int64_t q_ld, const StoredRows& k, const Src& run,
+                             std::int64_t h, std::int64_t begin, std::int64_t end,
+                             std::int64_t ahead, bool prefetch, std::int64_t E, T scale, T* st,
+                             std::int64_t st_ld) {
+    const std::int64_t keys = end - begin;
     std::int64_t j = 0;
     for (; j + V::kDotKeys <= keys; j += V::kDotKeys) {
-      prefetch_source(k, j + ahead, V::kDotKeys, E);
-      score_dot_micro<V::kDotKeys, Rows>(q, q_ld, k, j, E, scale, st + j * st_ld, st_ld);
+      if (prefetch) prefetch_ahead<Src>(k, h, begin + j, begin, end, ahead, V::kDotKeys);
+      score_dot_micro<V::kDotKeys, Rows>(q, q_ld, run, j, E, scale, st + j * st_ld, st_ld);
     }
+    if (j == keys) return;
+    if (prefetch) prefetch_ahead<Src>(k, h, begin + j, begin, end, ahead, keys - j);
     with_count<V::kDotKeys - 1>(keys - j, [&](auto n) {
-      score_dot_micro<decltype(n)::value, Rows>(q, q_ld, k, j, E, scale, st + j * st_ld, st_ld);
+      score_dot_micro<decltype(n)::value, Rows>(q, q_ld, run, j, E, scale, st + j * st_ld, st_ld);
     });
   }
 
-  template <class Src>
-  static void score_source_rows(const T* q, std::int64_t q_ld, std::int64_t rows, const Src& k,
-                                std::int64_t keys, std::int64_t E, T scale, T* st,
-                                std::int64_t st_ld) {
-    std::int64_t i = 0;
-    for (; i + V::kDotRows <= rows; i += V::kDotRows)
-      score_dot_rows<V::kDotRows>(q + i * q_ld, q_ld, k, keys, E, scale, st + i, st_ld);
-    with_count<V::kDotRows - 1>(rows - i, [&](auto n) {
-      score_dot_rows<decltype(n)::value>(q + i * q_ld, q_ld, k, keys, E, scale, st + i, st_ld);
-    });
-  }
-
-  static void score_rows(const T* q, std::int64_t q_ld, std::int64_t rows, const T* k,
-                         std::int64_t k_stride, const RowsAhead& k_ahead, std::int64_t keys,
-                         std::int64_t E, T scale, T* st, std::int64_t st_ld) {
-    score_source_rows(q, q_ld, rows, Plain{k, k_stride, k_ahead}, keys, E, scale, st, st_ld);
-  }
-
-  static void score_rows_stored(const T* q, std::int64_t q_ld, std::int64_t rows,
-                                const StoredRows& k, std::int64_t keys, std::int64_t E, T scale,
-                                T* st, std::int64_t st_ld) {
-    with_stored(k, [&](const auto& src) {
-      score_source_rows(q, q_ld, rows, src, keys, E, scale, st, st_ld);
+  static void score_rows(const T* q, std::int64_t q_ld, std::int64_t rows, const StoredRows& k,
+                         std::int64_t keys, std::int64_t E, T scale, T* st, std::int64_t st_ld) {
+    with_source(k, [&](auto as) {
+      using Src = typename decltype(as)::type;
+      const std::int64_t ahead = rows_in<Src>(kKeyBytesAhead, E);
+      for (std::int64_t j = 0, next; j < keys; j = next) {
+        next = run_end(k, j, keys);
+        for (std::int64_t h = 0; h < k.heads; ++h) {
+          const Src run = Src::run(k, h, j);
+          const T* qh = q + h * rows * q_ld;
+          T* sh = st + j * st_ld + h * rows;
+          std::int64_t i = 0;
+          for (; i + V::kDotRows <= rows; i += V::kDotRows)
+            score_dot_rows<V::kDotRows>(qh + i * q_ld, q_ld, k, run, h, j, next, ahead, i == 0, E,
+                                        scale, sh + i, st_ld);
+          with_count<V::kDotRows - 1>(rows - i, [&](auto n) {
+            score_dot_rows<decltype(n)::value>(qh + i * q_ld, q_ld, k, run, h, j, next, ahead,
+                                               i == 0, E, scale, sh + i, st_ld);
+          });
+        }
+      }
     });
   }
 
@@ -475,45 +481,46 @@ struct BlockKernelsFor {
   // are read once: in chunks of a few keys, so that each chunk's rows are
   // read whole and in order, which the hardware prefetchers follow, instead
   // of one column panel of every row at a time.
-  template <class Src>
-  static void pv_source(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                        const Src& v, std::int64_t Ev, T* acc, std::int64_t acc_ld) {
-    if (rows > V::kPvRows) return pv_panels(pt, pt_ld, rows, 0, keys, v, Ev, acc, acc_ld);
-    const std::int64_t chunk_rows = rows_in<Src>(kValueChunkBytes, Ev);
-    const std::int64_t chunk = chunk_rows > 4 ? chunk_rows : 4;
-    const std::int64_t ahead = rows_in<Src>(kValueBytesAhead, Ev);
-    for (std::int64_t j = 0; j < keys; j += chunk) {
-      prefetch_source(v, j + ahead, chunk, Ev);
-      pv_panels(pt + j * pt_ld, pt_ld, rows, j, keys - j < chunk ? keys - j : chunk, v, Ev, acc,
-                acc_ld);
-    }
-  }
-
   static void pv_accumulate(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                            const T* v, std::int64_t v_stride, const RowsAhead& v_ahead,
-                            std::int64_t Ev, T* acc, std::int64_t acc_ld) {
-    pv_source(pt, pt_ld, rows, keys, Plain{v, v_stride, v_ahead}, Ev, acc, acc_ld);
-  }
-
-  static void pv_accumulate_stored(const T* pt, std::int64_t pt_ld, std::int64_t rows,
-                                   std::int64_t keys, const StoredRows& v, std::int64_t Ev, T* acc,
-                                   std::int64_t acc_ld) {
-    with_stored(v, [&](const auto& src) {
-      pv_source(pt, pt_ld, rows, keys, src, Ev, acc, acc_ld);
+                            const StoredRows& v, std::int64_t Ev, T* acc, std::int64_t acc_ld) {
+    with_source(v, [&](auto as) {
+      using Src = typename decltype(as)::type;
+      const std::int64_t chunk_rows = rows_in<Src>(kValueChunkBytes, Ev);
+      const bool few = rows <= V::kPvRows;
+      const std::int64_t chunk = !few ? keys : chunk_rows > 4 ? chunk_rows : 4;
+      const std::int64_t ahead = rows_in<Src>(kValueBytesAhead, Ev);
+      for (std::int64_t j = 0, next; j < keys; j = next) {
+        next = run_end(v, j, keys);
+        for (std::int64_t h = 0; h < v.heads; ++h) {
+          const Src run = Src::run(v, h, j);
+          const T* ph = pt + j * pt_ld + h * rows;
+          T* ah = acc + h * rows * acc_ld;
+          for (std::int64_t c = 0; j + c < next; c += chunk) {
+            const std::int64_t n = next - j - c < chunk ? next - j - c : chunk;
+            if (few) prefetch_ahead<Src>(v, h, j + c, j, next, ahead, n);
+            pv_panels(ph + c * pt_ld, pt_ld, rows, c, n, run, Ev, ah, acc_ld);
+          }
+        }
+      }
     });
   }
 
   // The widen step for the many-rows kernels: each block of rows is
   // widened once into dst and then read by every row of the tile.
   static void widen(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst) {
-    with_stored(src, [&](const auto& from) {
-      const std::int64_t ahead = rows_in<std::decay_t<decltype(from)>>(kKeyBytesAhead, cols);
-      for (std::int64_t r = 0; r < rows; ++r) {
-        prefetch_source(from, r + ahead, 1, cols);
-        T* out = dst + r * cols;
-        std::int64_t c = 0;
-        for (; c + N <= cols; c += N) V::store(out + c, from.load(r, c));
-        if (c < cols) V::store_partial(out + c, from.load_partial(r, c, cols - c), cols - c);
+    with_source(src, [&](auto as) {
+      using Src = typename decltype(as)::type;
+      const std::int64_t ahead = rows_in<Src>(kKeyBytesAhead, cols);
+      for (std::int64_t j = 0, next; j < rows; j = next) {
+        next = run_end(src, j, rows);
+        const Src run = Src::run(src, 0, j);
+        for (std::int64_t r = 0; j + r < next; ++r) {
+          prefetch_ahead<Src>(src, 0, j + r, j, next, ahead, 1);
+          T* out = dst + (j + r) * cols;
+          std::int64_t c = 0;
+          for (; c + N <= cols; c += N) V::store(out + c, run.load(r, c));
+          if (c < cols) V::store_partial(out + c, run.load_partial(r, c, cols - c), cols - c);
+        }
       }
     });
   }
@@ -542,11 +549,7 @@ struct BlockKernelsFor {
   static constexpr BlockKernels<T> table(const char* name) {
     BlockKernels<T> t{name,        N,           &score_tile, N / 2,          &score_rows, &block_max,
                       &exp_sum,    &soft_cap,   &add_distance_bias, &scale_rows, &pv_accumulate};
-    if constexpr (std::is_same_v<T, float>) {
-      t.widen = &widen;
-      t.score_rows_stored = &score_rows_stored;
-      t.pv_accumulate_stored = &pv_accumulate_stored;
-    }
+    if constexpr (std::is_same_v<T, float>) t.widen = &widen;
     return t;
   }
 };

@@ -20,31 +20,73 @@
 
 namespace dotattn::kernels {
 
-// Rows of a key or value operand stored as float16, bfloat16 or int8, for
-// the widen step. Strides are in elements of the row's and the scales' own
-// types.
-// The rows a kernel may prefetch beyond those it reads: `rows` rows from
-// its first, evenly spaced, then `next_rows` more from `next` (with their
-// scales from next_scale) at the same spacing: the next page of a paged
-// cache, so that prefetching runs on across pages as it does through
-// contiguous rows.
-struct RowsAhead {
-  std::int64_t rows = 0;
-  const void* next = nullptr;
-  std::int64_t next_rows = 0;
-  const float* next_scale = nullptr;
+// Where row j of a key or value operand lies, in elements from its row 0:
+// j * stride, or, in a paged cache, row j % page_rows of page
+// pages[j / page_rows], pages being page_stride elements apart. The
+// few-rows kernels read rows through it, so that they stream a paged cache
+// across its pages as they stream contiguous rows.
+struct RowMap {
+  std::int64_t stride = 0;
+  const std::int32_t* pages = nullptr;
+  std::int64_t page_rows = 0, page_stride = 0;
+  int page_shift = -1;  // log2(page_rows) where it is a power of two: no division
+
+  // Inlined always: the kernels' prefetching finds rows through it many
+  // times a page, and GCC 12 kept it out of line, a call that spilled every
+  // vector register.
+  [[gnu::always_inline]] std::int64_t page_of(std::int64_t j) const {
+    return page_shift >= 0 ? j >> page_shift : j / page_rows;
+  }
+  [[gnu::always_inline]] std::int64_t offset(std::int64_t j) const {
+    if (!pages) return j * stride;
+    const std::int64_t page = page_of(j);
+    return pages[page] * page_stride + (j - page * page_rows) * stride;
+  }
+  // The end of the run of rows from j0 (before `end`) that lie evenly
+  // spaced by `stride`: the rest of j0's page, or all of them.
+  std::int64_t run_end(std::int64_t j0, std::int64_t end) const {
+    if (!pages) return end;
+    const std::int64_t page_end = (page_of(j0) + 1) * page_rows;
+    return page_end < end ? page_end : end;
+  }
 };
 
+// Rows of a key or value operand as stored: in the type the kernels compute
+// in, or as float16, bfloat16 or int8 with its scales (one per `group`
+// elements of a row, laid out as scale_rows says), widened in registers.
+// The kernels' row j is row first + j of the maps; the count rows from
+// first exist, as far as a kernel may prefetch.
+//
+// The few-rows kernels also take the rows of several key/value heads at
+// once (heads > 1: decoding a paged cache), head h's rows head_stride
+// elements after head 0's (its scales scale_head_stride after), and read
+// them page by page, each page's heads in turn: in vLLM's layout a page's
+// heads lie one after another, and one head's part of a page (2 to 8 KiB)
+// read alone, pages apart, streams slower (tiling.hpp, choose_blocking).
 struct StoredRows {
-  DType dtype = DType::float16;
-  const void* data = nullptr;  // row 0
-  std::int64_t stride = 0;
+  DType dtype = DType::float32;
+  const void* data = nullptr;  // row 0 of the maps
+  RowMap rows;
+  std::int64_t first = 0;
+  std::int64_t count = 0;
   const float* scale = nullptr;  // int8: the scales of row 0
-  std::int64_t scale_stride = 0;
+  RowMap scale_rows;
   std::int64_t group = 0;
   std::int64_t cols = 0;  // elements per row
-  RowsAhead ahead;  // what a kernel may prefetch
+  std::int64_t heads = 1, head_stride = 0, scale_head_stride = 0;
 };
+
+// count rows of `cols` elements, `stride` apart, in place.
+inline StoredRows rows_at(DType dtype, const void* data, std::int64_t stride, std::int64_t count,
+                          std::int64_t cols) {
+  StoredRows r;
+  r.dtype = dtype;
+  r.data = data;
+  r.rows.stride = stride;
+  r.count = count;
+  r.cols = cols;
+  return r;
+}
 
 // How far ahead the few-rows (decoding) kernels prefetch the keys and
 // values they stream from memory, in bytes of the rows as stored, so that
@@ -53,8 +95,11 @@ struct StoredRows {
 // core, float32, E = Ev = 128, K and V far larger than the caches: keys
 // read at 7.8 GB/s without and 13 to 14.6 with 6 to 24 keys (3 to 12 KiB)
 // ahead; values at 8.8 without and 11 to 12.5 with 8 or 16 (4 or 8 KiB)
-// ahead (a plain streaming read: 12 GB/s).
-constexpr std::int64_t kKeyBytesAhead = 6144, kValueBytesAhead = 8192;
+// ahead (a plain streaming read: 12 GB/s). The short ends of those ranges
+// serve a paged cache best: on Zen 4, 2 threads, cold float16 decode over
+// pages of 16 tokens at random ran at 0.92x of contiguous with 6 and 8 KiB
+// and 0.99x with 3 and 4 KiB (the mean of 3 runs each), contiguous alike.
+constexpr std::int64_t kKeyBytesAhead = 3072, kValueBytesAhead = 4096;
 
 template <class T>
 struct BlockKernels {
@@ -72,10 +117,11 @@ struct BlockKernels {
   // which keep every vector lane busy where a transposed tile would leave
   // most of them idle. Rows rows..st_ld of st are left alone.
   std::int64_t dot_rows;
-  // k_ahead: the rows of k the kernel may prefetch (k_ahead.rows >= keys).
-  void (*score_rows)(const T* q, std::int64_t q_ld, std::int64_t rows, const T* k,
-                     std::int64_t k_stride, const RowsAhead& k_ahead, std::int64_t keys,
-                     std::int64_t E, T scale, T* st, std::int64_t st_ld);
+  // The keys are read as stored (k.count >= keys), widened as they are
+  // loaded. With k.heads > 1, rows is per head: head h's rows are q's rows
+  // from h * rows (st's from h * rows), scored against head h's keys.
+  void (*score_rows)(const T* q, std::int64_t q_ld, std::int64_t rows, const StoredRows& k,
+                     std::int64_t keys, std::int64_t E, T scale, T* st, std::int64_t st_ld);
 
   // m[i] = max_j st[j][i], -inf for keys == 0, NaN if any st[j][i] is NaN.
   void (*block_max)(const T* st, std::int64_t st_ld, std::int64_t keys, std::int64_t rows, T* m);
@@ -99,27 +145,19 @@ struct BlockKernels {
 
   // acc[i][e] += sum_j pt[j][i] * v[j * v_stride + e] for i < rows (any
   // count), e < Ev. A zero weight times inf or NaN makes NaN here, which
-  // accumulate_values (online_softmax.hpp) takes care of. v_ahead as
-  // score_rows' k_ahead.
+  // accumulate_values (online_softmax.hpp) takes care of. The values are
+  // read as stored, as score_rows reads the keys; with v.heads > 1, head
+  // h's rows are pt's from h * rows and acc's from h * rows.
   void (*pv_accumulate)(const T* pt, std::int64_t pt_ld, std::int64_t rows, std::int64_t keys,
-                        const T* v, std::int64_t v_stride, const RowsAhead& v_ahead,
-                        std::int64_t Ev, T* acc, std::int64_t acc_ld);
+                        const StoredRows& v, std::int64_t Ev, T* acc, std::int64_t acc_ld);
 
-  // K/V formats other than T (float32 tables only; null for float64). Each
-  // stored element is widened in registers: float16 and bfloat16 exactly,
-  // int8 to data * scale, rounded once.
+  // K/V formats other than T are float32 tables' only (float64 reads its
+  // own type). Each stored element is widened in registers: float16 and
+  // bfloat16 exactly, int8 to data * scale, rounded once.
   //
   // widen: dst[r * cols + c] = element c of row r of src, for r < rows and
   // c < cols; the step before the many-rows kernels, which then read dst.
   void (*widen)(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst) = nullptr;
-  // score_rows and pv_accumulate reading stored rows straight from memory,
-  // widened as they are loaded (for few rows: decoding).
-  void (*score_rows_stored)(const T* q, std::int64_t q_ld, std::int64_t rows, const StoredRows& k,
-                            std::int64_t keys, std::int64_t E, T scale, T* st,
-                            std::int64_t st_ld) = nullptr;
-  void (*pv_accumulate_stored)(const T* pt, std::int64_t pt_ld, std::int64_t rows,
-                               std::int64_t keys, const StoredRows& v, std::int64_t Ev, T* acc,
-                               std::int64_t acc_ld) = nullptr;
 };
 
 // The table the loops use now: float32 follows the ISA chosen in
