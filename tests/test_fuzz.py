@@ -423,14 +423,25 @@ def assert_close(out, ref, dtype, S: int, what: str) -> None:
     assert worst <= floor, f"{what}: subnormal result off by {worst:g} > {floor:g}"
 
 
-def full_mask(kwargs, shape) -> np.ndarray:
-    """The user's mask as float64 of the weights' shape: 0 where a key may
-    be seen (bool masks), else the additive values."""
+def mask_parts(kwargs, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The user's mask as (seen, bias) of the weights' shape: a boolean mask
+    hides keys whatever their score, even NaN, where an additive -inf leaves a
+    NaN score NaN, so the two stay apart."""
     mask = kwargs.get("attn_mask")
     if mask is None:
-        return np.zeros(shape)
+        return np.ones(shape, bool), np.zeros(shape)
     mask = np.broadcast_to(np.asarray(mask), shape)
-    return np.where(mask, 0.0, -np.inf) if mask.dtype == bool else mask.astype(np.float64)
+    if mask.dtype == bool:
+        return mask, np.zeros(shape)
+    return np.ones(shape, bool), mask.astype(np.float64)
+
+
+def mask_also_hiding(kwargs, shape, hidden: np.ndarray) -> np.ndarray:
+    """The user's mask, of the same kind, hiding the keys in `hidden` too."""
+    seen, bias = mask_parts(kwargs, shape)
+    if kwargs.get("attn_mask") is None or np.asarray(kwargs["attn_mask"]).dtype == bool:
+        return seen & ~hidden
+    return bias + np.where(hidden, -np.inf, 0.0)
 
 
 def per_query_head(kv: np.ndarray, Hq: int) -> np.ndarray:
@@ -455,7 +466,8 @@ def log_weights(q, k, kwargs) -> np.ndarray:
     visible = j <= i + (S - L if causal == "lower_right" else 0) if causal else np.ones((L, S), bool)
     with np.errstate(all="ignore"):
         scores = qf @ np.swapaxes(kf, -1, -2) * scale
-        scores = np.where(visible, scores + full_mask(kwargs, scores.shape), -np.inf)
+        seen, bias = mask_parts(kwargs, scores.shape)
+        scores = np.where(visible & seen, scores + bias, -np.inf)
         m = np.max(scores, axis=-1, keepdims=True, initial=-np.inf)
         return scores - (m + np.log(np.sum(np.exp(scores - m), axis=-1, keepdims=True)))
 
@@ -489,7 +501,7 @@ def assert_attention_matches(out, q, k, v, kwargs, dtype, what="out") -> None:
         tiny = np.isfinite(lw) & (lw < math.log(FLUSHED[np.dtype(dtype)]))
         if tiny.any():
             alt = dotattn.reference.attention(
-                q, k, v, **{**kwargs, "attn_mask": full_mask(kwargs, lw.shape) + np.where(tiny, -np.inf, 0.0)}
+                q, k, v, **{**kwargs, "attn_mask": mask_also_hiding(kwargs, lw.shape, tiny)}
             )
             vh = per_query_head(np.asarray(v, np.float64), lw.shape[-3] if lw.ndim >= 3 else 1)
             for i, test in enumerate((np.isposinf, np.isneginf, np.isnan)):
@@ -628,17 +640,17 @@ def per_row(q, k, v, kwargs):
     scale = 1 / math.sqrt(E) if scale is None else scale
     with np.errstate(all="ignore"):
         magnitudes = np.abs(qf) @ np.swapaxes(np.abs(kf), -1, -2) * abs(scale)
-        mask = full_mask(kwargs, magnitudes.shape)
+        mask_seen, bias = mask_parts(kwargs, magnitudes.shape)
     causal = kwargs.get("is_causal", False)
     i, j = np.arange(L)[:, None], np.arange(S)[None, :]
     visible = (j <= i + (S - L if causal == "lower_right" else 0) if causal else np.ones((L, S), bool)) & (
-        mask != -np.inf
+        mask_seen & (bias != -np.inf)
     )
     moderate_v = np.all(np.isfinite(vf) & (np.abs(vf) <= 1e4), axis=(-2, -1))
     tiny = float(np.finfo(np.asarray(q).dtype).tiny)
     tame = (scale == 0 or abs(scale) >= tiny) & (
         np.all(magnitudes <= 50, axis=-1)
-        & np.all((mask == -np.inf) | (np.abs(mask) <= 1e4), axis=-1)
+        & np.all((bias == -np.inf) | (np.abs(bias) <= 1e4), axis=-1)
         & np.asarray(moderate_v)[..., None]
     )
     seen = visible[..., None] & np.isfinite(vf)[..., None, :, :]  # (..., L, S, Ev)
