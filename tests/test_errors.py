@@ -151,7 +151,7 @@ BAD_INPUTS = [
         replace(0, lambda q: q.astype(np.int64)),
         {},
         TypeError,
-        r"query has dtype int64; expected float32 or float64",
+        r"query has dtype int64; expected float32, float64, float16 or bfloat16",
     ),
     (
         "key-int16",

@@ -754,7 +754,7 @@ def test_invalid_arguments_raise_naming_them(problem, corruption, data):
         q, exc, pattern = (
             np.zeros(q.shape, np.int32),
             TypeError,
-            r"query has dtype int32; expected float32 or float64",
+            r"query has dtype int32; expected float32, float64, float16 or bfloat16",
         )
     elif corruption == "mask-dtype":
         kind = data.draw(st.sampled_from([other, np.int8, np.float16]))

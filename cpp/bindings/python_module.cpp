@@ -104,6 +104,22 @@ py::array empty_like_result(const py::array& query, const dotattn::Dims& shape) 
   return py::array(query.dtype(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
+py::array empty_result(const py::dtype& dtype, const dotattn::Dims& shape) {
+  return py::array(dtype, std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+// The dtype a call computes in, and its LSE's: float64 for a float64
+// query, float32 for any other (float16 and bfloat16 ones too).
+py::dtype computed_dtype(const py::array& query) {
+  return query.dtype().equal(py::dtype::of<double>()) ? py::dtype::of<double>() : py::dtype::of<float>();
+}
+
+// A new result's dtype: out_dtype if given (the core checks it), else
+// `fallback`.
+py::dtype result_dtype(const std::optional<py::dtype>& out_dtype, const py::dtype& fallback) {
+  return out_dtype ? *out_dtype : fallback;
+}
+
 // The options after scale, as the Python layer passes them.
 struct ScoreOptions {
   std::optional<std::pair<std::int64_t, std::int64_t>> window;
@@ -129,17 +145,18 @@ py::tuple attention(const py::array& query, const py::array& key, const py::arra
                     const std::optional<py::array>& value_scale,
                     const std::optional<py::array>& mask, dotattn::Causal causal,
                     std::optional<double> scale, const ScoreOptions& more,
-                    std::optional<py::array> out, bool return_lse) {
+                    std::optional<py::array> out, const std::optional<py::dtype>& out_dtype,
+                    bool return_lse) {
   const dotattn::TensorView q = input_view(query, "query");
   const dotattn::TensorView k = stored_view(key, key_scale, "key");
   const dotattn::TensorView v = stored_view(value, value_scale, "value");
   dotattn::Options options = make_options(mask, causal, scale, more);
   const dotattn::Dims shape = dotattn::attention_shape(q, k, v, options);
 
-  py::array result = out ? *out : empty_like_result(query, shape);
+  py::array result = out ? *out : empty_result(result_dtype(out_dtype, query.dtype()), shape);
   py::object lse = py::none();
   if (return_lse) {
-    py::array lse_array = empty_like_result(query, dotattn::Dims(shape.begin(), shape.end() - 1));
+    py::array lse_array = empty_result(computed_dtype(query), dotattn::Dims(shape.begin(), shape.end() - 1));
     options.lse = output_view(lse_array, "lse");
     lse = lse_array;
   }
@@ -154,11 +171,13 @@ py::tuple attention(const py::array& query, const py::array& key, const py::arra
 py::array attention_weights(const py::array& query, const py::array& key,
                             const std::optional<py::array>& key_scale,
                             const std::optional<py::array>& mask, dotattn::Causal causal,
-                            std::optional<double> scale, const ScoreOptions& more) {
+                            std::optional<double> scale, const ScoreOptions& more,
+                            const std::optional<py::dtype>& out_dtype) {
   const dotattn::TensorView q = input_view(query, "query");
   const dotattn::TensorView k = stored_view(key, key_scale, "key");
   const dotattn::Options options = make_options(mask, causal, scale, more);
-  py::array weights = empty_like_result(query, dotattn::attention_weights_shape(q, k, options));
+  py::array weights = empty_result(result_dtype(out_dtype, computed_dtype(query)),
+                                   dotattn::attention_weights_shape(q, k, options));
   const dotattn::OutputView w = output_view(weights, "weights");
   {
     py::gil_scoped_release unlocked;
@@ -176,13 +195,13 @@ dotattn::Dims packed_result_shape(const py::array& query, const py::array& value
 
 // The result and LSE arrays of a packed call, and the options pointing at the LSE.
 py::tuple packed_outputs(const py::array& query, const dotattn::Dims& shape,
-                         std::optional<py::array> out, bool return_lse, dotattn::Options& options,
-                         py::array& result) {
-  result = out ? *out : empty_like_result(query, shape);
+                         std::optional<py::array> out, const std::optional<py::dtype>& out_dtype,
+                         bool return_lse, dotattn::Options& options, py::array& result) {
+  result = out ? *out : empty_result(result_dtype(out_dtype, query.dtype()), shape);
   py::object lse = py::none();
   if (return_lse) {
-    py::array lse_array = empty_like_result(
-        query, shape.size() == 3 ? dotattn::Dims{shape[1], shape[0]} : dotattn::Dims{0});
+    py::array lse_array = empty_result(
+        computed_dtype(query), shape.size() == 3 ? dotattn::Dims{shape[1], shape[0]} : dotattn::Dims{0});
     options.lse = output_view(lse_array, "lse");
     lse = lse_array;
   }
@@ -194,7 +213,8 @@ py::tuple attention_varlen(const py::array& query, const py::array& key, const p
                            const std::optional<py::array>& value_scale,
                            const py::array& cu_seqlens_q, const py::array& cu_seqlens_k,
                            dotattn::Causal causal, std::optional<double> scale,
-                           const ScoreOptions& more, std::optional<py::array> out, bool return_lse) {
+                           const ScoreOptions& more, std::optional<py::array> out,
+                           const std::optional<py::dtype>& out_dtype, bool return_lse) {
   const dotattn::TensorView q = input_view(query, "query");
   const dotattn::TensorView k = stored_view(key, key_scale, "key");
   const dotattn::TensorView v = stored_view(value, value_scale, "value");
@@ -202,8 +222,8 @@ py::tuple attention_varlen(const py::array& query, const py::array& key, const p
   const dotattn::TensorView ck = input_view(cu_seqlens_k, "cu_seqlens_k");
   dotattn::Options options = make_options(std::nullopt, causal, scale, more);
   py::array result;
-  py::tuple results = packed_outputs(query, packed_result_shape(query, value, 3), out, return_lse,
-                                     options, result);
+  py::tuple results = packed_outputs(query, packed_result_shape(query, value, 3), out, out_dtype,
+                                     return_lse, options, result);
   const dotattn::OutputView o = output_view(result, "out");
   {
     py::gil_scoped_release unlocked;
@@ -218,7 +238,8 @@ py::tuple attention_paged(const py::array& query, const py::array& cu_seqlens_q,
                           const std::optional<py::array>& value_scale,
                           const py::array& block_table, const py::array& seq_lens_k,
                           dotattn::Causal causal, std::optional<double> scale,
-                          const ScoreOptions& more, std::optional<py::array> out, bool return_lse) {
+                          const ScoreOptions& more, std::optional<py::array> out,
+                          const std::optional<py::dtype>& out_dtype, bool return_lse) {
   const dotattn::TensorView q = input_view(query, "query");
   const dotattn::TensorView cq = input_view(cu_seqlens_q, "cu_seqlens_q");
   const dotattn::TensorView k = stored_view(key_cache, key_scale, "key_cache");
@@ -228,7 +249,7 @@ py::tuple attention_paged(const py::array& query, const py::array& cu_seqlens_q,
   dotattn::Options options = make_options(std::nullopt, causal, scale, more);
   py::array result;
   py::tuple results = packed_outputs(query, packed_result_shape(query, value_cache, 4), out,
-                                     return_lse, options, result);
+                                     out_dtype, return_lse, options, result);
   const dotattn::OutputView o = output_view(result, "out");
   {
     py::gil_scoped_release unlocked;
@@ -332,21 +353,25 @@ PYBIND11_MODULE(_core, m) {
   m.def("attention", &attention, py::arg("query").noconvert(), py::arg("key").noconvert(),
         py::arg("value").noconvert(), py::arg("key_scale").noconvert(),
         py::arg("value_scale").noconvert(), py::arg("attn_mask").noconvert(), py::arg("causal"),
-        py::arg("scale"), py::arg("options"), py::arg("out").noconvert(), py::arg("return_lse"));
+        py::arg("scale"), py::arg("options"), py::arg("out").noconvert(), py::arg("out_dtype"),
+        py::arg("return_lse"));
   m.def("attention_weights", &attention_weights, py::arg("query").noconvert(),
         py::arg("key").noconvert(), py::arg("key_scale").noconvert(),
-        py::arg("attn_mask").noconvert(), py::arg("causal"), py::arg("scale"), py::arg("options"));
+        py::arg("attn_mask").noconvert(), py::arg("causal"), py::arg("scale"), py::arg("options"),
+        py::arg("out_dtype"));
   m.def("attention_varlen", &attention_varlen, py::arg("query").noconvert(),
         py::arg("key").noconvert(), py::arg("value").noconvert(), py::arg("key_scale").noconvert(),
         py::arg("value_scale").noconvert(), py::arg("cu_seqlens_q").noconvert(),
         py::arg("cu_seqlens_k").noconvert(), py::arg("causal"), py::arg("scale"),
-        py::arg("options"), py::arg("out").noconvert(), py::arg("return_lse"));
+        py::arg("options"), py::arg("out").noconvert(),
+        py::arg("out_dtype"), py::arg("return_lse"));
   m.def("attention_paged", &attention_paged, py::arg("query").noconvert(),
         py::arg("cu_seqlens_q").noconvert(), py::arg("key_cache").noconvert(),
         py::arg("value_cache").noconvert(), py::arg("key_scale").noconvert(),
         py::arg("value_scale").noconvert(), py::arg("block_table").noconvert(),
         py::arg("seq_lens_k").noconvert(), py::arg("causal"), py::arg("scale"),
-        py::arg("options"), py::arg("out").noconvert(), py::arg("return_lse"));
+        py::arg("options"), py::arg("out").noconvert(),
+        py::arg("out_dtype"), py::arg("return_lse"));
   m.def("merge", &merge, py::arg("outs").noconvert(), py::arg("lses").noconvert(),
         py::arg("out").noconvert());
   m.def("quantization_group", &quantization_group, py::arg("data").noconvert(),

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "half_precision.hpp"
 #include "kernels/kernels.hpp"
 #include "loops.hpp"
 #include "masked_scores.hpp"
@@ -114,10 +115,9 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
   return s;
 }
 
-// Output row and LSE of tile row t of rb.
-template <class T>
-T* out_row(const Problem& p, const RowBlock& rb, std::int64_t t) {
-  return static_cast<T*>(p.out) + rb.result_offset(p.out_rows, t);
+// Output row (of p.out_dtype) and LSE of tile row t of rb.
+inline void* out_row(const Problem& p, const RowBlock& rb, std::int64_t t) {
+  return static_cast<char*>(p.out) + rb.result_offset(p.out_rows, t) * stored_size(p.out_dtype);
 }
 
 template <class T>
@@ -126,12 +126,16 @@ T* lse_of(const Problem& p, const RowBlock& rb, std::int64_t t) {
 }
 
 // Tile row t's finished state: its head's sink (if any) joins the softmax,
-// then out and lse are written.
+// then out and lse are written; an out narrower than T (a 16-bit query's
+// dtype) from the finished row, which acc then holds.
 template <class T>
 void finish_tile_row(const Problem& p, const RowBlock& rb, std::int64_t t, T m, T l, T* acc) {
   if (!p.sinks.empty())
     add_sink(static_cast<T>(p.sinks[static_cast<std::size_t>(rb.head_of(t))]), m, l, acc, p.Ev);
-  finish_row(m, l, acc, p.Ev, out_row<T>(p, rb, t), lse_of<T>(p, rb, t));
+  if (p.out_dtype == dtype_of<T>::value)
+    return finish_row(m, l, acc, p.Ev, static_cast<T*>(out_row(p, rb, t)), lse_of<T>(p, rb, t));
+  finish_row(m, l, acc, p.Ev, acc, lse_of<T>(p, rb, t));
+  store_row(acc, p.Ev, p.out_dtype, out_row(p, rb, t));
 }
 
 // The states of every key range of every row block, for the merge pass.

@@ -69,9 +69,21 @@ void check_float_dtype(const char* name, DType dtype) {
                       "; expected float32 or float64");
 }
 
+bool is_16_bit(DType dtype) { return dtype == DType::float16 || dtype == DType::bfloat16; }
+
+// The query: float32 or float64, or float16 or bfloat16, which compute in
+// float32.
+void check_query_dtype(DType dtype) {
+  if (dtype != DType::float32 && dtype != DType::float64 && !is_16_bit(dtype))
+    throw dtype_error(std::string("query has dtype ") + dtype_name(dtype) +
+                      "; expected float32, float64, float16 or bfloat16");
+}
+
+DType computed_in(DType query) { return query == DType::float64 ? DType::float64 : DType::float32; }
+
 // A key or value's dtype against the query's: a float64 query reads
-// float64 ones; a float32 query float32, float16, bfloat16 or int8 ones,
-// each its own.
+// float64 ones; a float32, float16 or bfloat16 query float32, float16,
+// bfloat16 or int8 ones, each its own.
 void check_kv_dtype(const char* name, const TensorView& t, DType query) {
   if (t.dtype == DType::boolean || t.dtype == DType::int32 || t.dtype == DType::int64)
     throw dtype_error(std::string(name) + " has dtype " + dtype_name(t.dtype) +
@@ -79,10 +91,10 @@ void check_kv_dtype(const char* name, const TensorView& t, DType query) {
   if (query == DType::float64 && t.dtype != DType::float64)
     throw dtype_error(std::string(name) + " has dtype " + dtype_name(t.dtype) +
                       " but query is float64, which needs float64 key and value (float16, "
-                      "bfloat16 and int8 key/value need a float32 query)");
-  if (query == DType::float32 && t.dtype == DType::float64)
-    throw dtype_error(std::string(name) + " has dtype float64 but query is float32, which reads "
-                      "float32, float16, bfloat16 or int8 key and value");
+                      "bfloat16 and int8 key/value need a float32, float16 or bfloat16 query)");
+  if (query != DType::float64 && t.dtype == DType::float64)
+    throw dtype_error(std::string(name) + " has dtype float64 but query is " + dtype_name(query) +
+                      ", which reads float32, float16, bfloat16 or int8 key and value");
   if (t.dtype == DType::int8 && !t.scale)
     throw dtype_error(std::string(name) + " is int8 without its scales; pass the int8 data with "
                       "its float32 scales (dotattn::quantized_view, dotattn.QuantizedKV)");
@@ -186,7 +198,7 @@ Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v)
   check_view("query", q);
   check_view("key", k);
   if (v) check_view("value", *v);
-  check_float_dtype("query", q.dtype);
+  check_query_dtype(q.dtype);
   check_kv_dtype("key", k, q.dtype);
   if (v) check_kv_dtype("value", *v, q.dtype);
 
@@ -207,7 +219,9 @@ Problem check_qkv(const TensorView& q, const TensorView& k, const TensorView* v)
       throw argument_error(std::string(operands) + " must have equal batch dims; got " + shapes());
 
   Problem p;
-  p.dtype = q.dtype;
+  p.dtype = computed_in(q.dtype);
+  p.q_dtype = q.dtype;
+  p.out_dtype = p.dtype;
   p.batch_shape.assign(q.shape.begin(), q.shape.begin() + static_cast<std::ptrdiff_t>(batch_dims));
   p.batch = element_count("query", p.batch_shape);
   p.Hq = nd >= 3 ? q.shape[nd - 3] : 1;
@@ -259,7 +273,7 @@ void check_scale(Problem& p, const Options& options) {
   if (!std::isfinite(s))
     throw argument_error("scale must be finite, got " + format_number(s));
   if (p.dtype == DType::float32 && !std::isfinite(static_cast<float>(s)))
-    throw argument_error("scale=" + format_number(s) + " overflows float32, the inputs' dtype");
+    throw argument_error("scale=" + format_number(s) + " overflows float32, the dtype computed in");
   p.scale = s;
 }
 
@@ -269,10 +283,12 @@ void check_mask(Problem& p, const Options& options, const Dims& query_shape) {
   if (!options.mask) return;
   const TensorView& m = *options.mask;
   check_view("attn_mask", m);
-  if (m.dtype != DType::boolean && m.dtype != p.dtype)
+  if (m.dtype != DType::boolean && m.dtype != p.dtype && !(is_16_bit(p.q_dtype) && m.dtype == p.q_dtype))
     throw dtype_error(std::string("attn_mask has dtype ") + dtype_name(m.dtype) +
-                      "; expected bool (True = may attend) or the inputs' dtype " +
-                      dtype_name(p.dtype) + " (added to the scores)");
+                      "; expected bool (True = may attend) or, added to the scores, " +
+                      (is_16_bit(p.q_dtype) ? std::string(dtype_name(p.q_dtype)) + " (the query's dtype) or float32"
+                                            : std::string("the inputs' dtype ") + dtype_name(p.dtype)));
+  p.mask_dtype = m.dtype;
 
   const Dims target = result_shape(query_shape, p.S);
   const std::size_t nt = target.size();
@@ -347,12 +363,16 @@ void check_options(Problem& p, const Options& options, const Dims& query_shape) 
   if (options.sinks) p.sinks = per_head_values("sinks", *options.sinks, p.Hq);
 }
 
+// out and the weights are in the dtype computed in, or in a 16-bit query's
+// own; the LSE in the dtype computed in.
 void check_result_buffer(const char* name, const OutputView& o, const Problem& p,
                          const Dims& expected) {
   check_buffer(name, o.data, o.shape);
-  if (o.dtype != p.dtype)
-    throw dtype_error(std::string(name) + " has dtype " + dtype_name(o.dtype) +
-                      " but the result is " + dtype_name(p.dtype));
+  const bool narrowed = is_16_bit(p.q_dtype) && std::string_view(name) != "lse";
+  if (o.dtype != p.dtype && !(narrowed && o.dtype == p.q_dtype))
+    throw dtype_error(std::string(name) + " has dtype " + dtype_name(o.dtype) + " but the result is " +
+                      (narrowed ? std::string(dtype_name(p.q_dtype)) + " (the query's dtype) or float32"
+                                : std::string(dtype_name(p.dtype))));
   if (o.shape != expected)
     throw argument_error(described(name, o.shape) + " does not match the result's shape " +
                          format_shape(expected));
@@ -484,6 +504,7 @@ void check_packed_outputs(Problem& base, const OutputView& out, const Options& o
   check_result_buffer("out", out, base, {total_q, base.Hq, base.Ev});
   std::vector<std::pair<const char*, Extent>> written{{"out", extent_of("out", out)}};
   base.out = out.data;
+  base.out_dtype = out.dtype;
   base.out_rows = {0, base.Ev, base.Hq * base.Ev};
   if (options.lse) {
     check_result_buffer("lse", *options.lse, base, {base.Hq, total_q});
@@ -508,7 +529,7 @@ void check_packed_operands(const TensorView& q, const char* key_name, const Tens
   check_view("query", q);
   check_view(key_name, k);
   check_view(value_name, v);
-  check_float_dtype("query", q.dtype);
+  check_query_dtype(q.dtype);
   check_kv_dtype(key_name, k, q.dtype);
   check_kv_dtype(value_name, v, q.dtype);
   const auto shapes = [&] {
@@ -552,10 +573,9 @@ Problem sequence(const Problem& base, std::int64_t q0, std::int64_t L, std::int6
   Problem p = base;
   p.L = L;
   p.S = S;
-  p.q = from_row(p.q, q0, static_cast<std::int64_t>(itemsize(p.dtype)));
-  const auto size = static_cast<std::int64_t>(itemsize(p.dtype));
-  p.out = static_cast<char*>(p.out) + q0 * p.out_rows.row * size;
-  if (p.lse) p.lse = static_cast<char*>(p.lse) + q0 * p.lse_rows.row * size;
+  p.q = from_row(p.q, q0, static_cast<std::int64_t>(itemsize(p.q_dtype)));
+  p.out = static_cast<char*>(p.out) + q0 * p.out_rows.row * static_cast<std::int64_t>(itemsize(p.out_dtype));
+  if (p.lse) p.lse = static_cast<char*>(p.lse) + q0 * p.lse_rows.row * static_cast<std::int64_t>(itemsize(p.dtype));
   return p;
 }
 
@@ -808,6 +828,7 @@ Problem check_attention(const TensorView& query, const TensorView& key, const Te
   const Extent out_extent = extent_of("out", *out);
   check_no_overlap("out", out_extent, query, key, &value, options);
   p.out = out->data;
+  p.out_dtype = out->dtype;
   p.out_rows = {p.Hq * p.L * p.Ev, p.L * p.Ev, p.Ev};
   p.lse_rows = {p.Hq * p.L, p.L, 1};
   if (options.lse) {
@@ -836,6 +857,7 @@ Problem check_weights(const TensorView& query, const TensorView& key, const Outp
   check_result_buffer("weights", *weights, p, expected);
   check_no_overlap("weights", extent_of("weights", *weights), query, key, nullptr, options);
   p.out = weights->data;
+  p.out_dtype = weights->dtype;
   p.out_rows = {p.Hq * p.L * p.S, p.L * p.S, p.S};
   return p;
 }

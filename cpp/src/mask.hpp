@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "half_precision.hpp"
 #include "online_softmax.hpp"
 #include "problem.hpp"
 
@@ -58,21 +59,20 @@ void mask_outside(const VisibleKeys& visible, std::int64_t r0, std::int64_t rows
 }
 
 // The user's mask for the rows of one (batch, head): element (i, j) is at
-// data + i * row + j * col, in elements of its own type.
+// data + i * row + j * col, in elements of its dtype.
 struct MaskRows {
   MaskKind kind = MaskKind::none;
+  DType dtype = DType::boolean;
   const void* data = nullptr;
   std::int64_t row = 0, col = 0;
 };
 
-template <class T>
-MaskRows mask_rows(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t r0) {
+inline MaskRows mask_rows(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t r0) {
   if (p.mask_kind == MaskKind::none) return {};
+  const DType dtype = p.mask_kind == MaskKind::boolean ? DType::boolean : p.mask_dtype;
   const std::int64_t offset = batch_offset(p, p.mask, b) + h * p.mask.head + r0 * p.mask.row;
-  const void* data = p.mask_kind == MaskKind::boolean
-                         ? static_cast<const void*>(static_cast<const unsigned char*>(p.mask.data) + offset)
-                         : static_cast<const void*>(static_cast<const T*>(p.mask.data) + offset);
-  return {p.mask_kind, data, p.mask.row, p.mask.col};
+  return {p.mask_kind, dtype, static_cast<const char*>(p.mask.data) + offset * stored_size(dtype),
+          p.mask.row, p.mask.col};
 }
 
 // Applies the mask to the scores of rows [0, rows) and keys [j0, j0 + keys).
@@ -85,11 +85,16 @@ void mask_tile(const MaskRows& mask, std::int64_t rows, std::int64_t j0, std::in
     for (std::int64_t i = 0; i < rows; ++i)
       for (std::int64_t j = 0; j < keys; ++j)
         if (!m[i * mask.row + j * mask.col]) s[i * ts.row_step + j * ts.key_step] = kNegInf<T>;
-  } else if (mask.kind == MaskKind::additive) {
+  } else if (mask.kind == MaskKind::additive && mask.dtype == dtype_of<T>::value) {
     const T* m = static_cast<const T*>(mask.data) + j0 * mask.col;
     for (std::int64_t i = 0; i < rows; ++i)
       for (std::int64_t j = 0; j < keys; ++j)
         s[i * ts.row_step + j * ts.key_step] += m[i * mask.row + j * mask.col];
+  } else if (mask.kind == MaskKind::additive) {  // the 16-bit query's own dtype
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t j = 0; j < keys; ++j)
+        s[i * ts.row_step + j * ts.key_step] +=
+            element_as<T>(mask.dtype, mask.data, i * mask.row + (j0 + j) * mask.col);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "half_precision.hpp"
 #include "kernels/kernels.hpp"
 #include "mask.hpp"
 #include "operand_rows.hpp"
@@ -74,7 +75,7 @@ class MaskedScores {
         visible_.active && (j0 + keys > key_end(0) || j0 < key_begin(rb_.rows - 1));
     for (std::int64_t g = 0; g < rb_.heads; ++g) {
       T* head = st + g * rb_.rows;
-      mask_tile(mask_rows<T>(p_, rb_.b, rb_.h0 + g, rb_.r0), rb_.rows, j0, keys, head, ts);
+      mask_tile(mask_rows(p_, rb_.b, rb_.h0 + g, rb_.r0), rb_.rows, j0, keys, head, ts);
       if (crosses_edge) mask_outside(visible_, rb_.r0, rb_.rows, j0, keys, head, ts);
     }
   }
@@ -93,15 +94,21 @@ class MaskedScores {
 
   // Tile row t = g * rows + i is query row r0 + i of head h0 + g. For
   // score_rows: q[t][e], row by row. For score_tile: q[e][t], transposed,
-  // zero in the padding rows.
+  // zero in the padding rows. A 16-bit query is widened here, once per row
+  // block.
   void pack_queries() {
     if (!by_rows_) std::fill(q_, q_ + p_.E * tile_rows_, T(0));
     const std::int64_t row_step = by_rows_ ? p_.E : 1, e_step = by_rows_ ? 1 : tile_rows_;
     for (std::int64_t g = 0; g < rb_.heads; ++g)
       for (std::int64_t i = 0; i < rb_.rows; ++i) {
-        const T* q = operand_rows<T>(p_, p_.q, rb_.b, rb_.h0 + g, rb_.r0 + i);
+        const void* q = operand_row(p_, p_.q, p_.q_dtype, rb_.b, rb_.h0 + g, rb_.r0 + i);
         T* packed = q_ + (g * rb_.rows + i) * row_step;
-        for (std::int64_t e = 0; e < p_.E; ++e) packed[e * e_step] = q[e];
+        if (p_.q_dtype == dtype_of<T>::value) {
+          const T* row = static_cast<const T*>(q);
+          for (std::int64_t e = 0; e < p_.E; ++e) packed[e * e_step] = row[e];
+        } else {
+          for (std::int64_t e = 0; e < p_.E; ++e) packed[e * e_step] = element_as<T>(p_.q_dtype, q, e);
+        }
       }
   }
 

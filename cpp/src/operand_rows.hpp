@@ -15,20 +15,6 @@
 
 namespace dotattn::detail {
 
-inline std::int64_t stored_size(DType dtype) {
-  switch (dtype) {
-    case DType::float64:
-    case DType::int64: return 8;
-    case DType::float16:
-    case DType::bfloat16: return 2;
-    case DType::int8:
-    case DType::boolean: return 1;
-    case DType::float32:
-    case DType::int32: return 4;
-  }
-  return 4;
-}
-
 // Whether keys or values stored so are widened for a call computing in
 // `computed`: whether it needs the scratch for them.
 inline bool widens(const Storage& storage, DType computed) { return storage.dtype != computed; }

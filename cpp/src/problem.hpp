@@ -12,6 +12,21 @@
 
 namespace dotattn::detail {
 
+// Bytes per element.
+inline std::int64_t stored_size(DType dtype) {
+  switch (dtype) {
+    case DType::float64:
+    case DType::int64: return 8;
+    case DType::float16:
+    case DType::bfloat16: return 2;
+    case DType::int8:
+    case DType::boolean: return 1;
+    case DType::float32:
+    case DType::int32: return 4;
+  }
+  return 4;
+}
+
 struct Layout {
   const void* data = nullptr;
   Dims batch;  // one stride per dim of Problem::batch_shape
@@ -51,7 +66,12 @@ struct Storage {
 enum class MaskKind { none, boolean, additive };
 
 struct Problem {
-  DType dtype = DType::float32;  // the query's, the results' and an additive mask's
+  // What the loops compute in, and the LSE's dtype: float64 for a float64
+  // query, float32 for any other (a float16 or bfloat16 one included).
+  DType dtype = DType::float32;
+  DType q_dtype = DType::float32;     // the query as stored
+  DType out_dtype = DType::float32;   // out's or the weights': dtype, or a 16-bit q_dtype
+  DType mask_dtype = DType::float32;  // an additive mask's: dtype, or a 16-bit q_dtype
   Dims batch_shape;
   std::int64_t batch = 1;  // product of batch_shape
   std::int64_t Hq = 1, Hkv = 1, L = 0, S = 0, E = 0, Ev = 0;

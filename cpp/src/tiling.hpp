@@ -125,11 +125,11 @@ inline RowBlock row_block(const Problem& p, const Blocking& blk, std::int64_t ro
   return r;
 }
 
-// Row `row` of head `head` in batch b of an input operand.
-template <class T>
-const T* operand_rows(const Problem& p, const Layout& t, std::int64_t b, std::int64_t head,
-                      std::int64_t row) {
-  return static_cast<const T*>(t.data) + batch_offset(p, t, b) + head * t.head + t.row_offset(row);
+// Row `row` of head `head` in batch b of an input operand stored as dtype.
+inline const void* operand_row(const Problem& p, const Layout& t, DType dtype, std::int64_t b,
+                               std::int64_t head, std::int64_t row) {
+  const std::int64_t at = batch_offset(p, t, b) + head * t.head + t.row_offset(row);
+  return static_cast<const char*>(t.data) + at * stored_size(dtype);
 }
 
 // 64-byte aligned scratch arrays.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "half_precision.hpp"
 #include "kernels/kernels.hpp"
 #include "loops.hpp"
 #include "masked_scores.hpp"
@@ -18,21 +19,25 @@ namespace {
 template <class T>
 struct WeightsTile {
   // wk: a block of keys widened, if stored in another format; bias: the
-  // ALiBi slopes and positions.
-  AlignedArray<T> q, st, wk, bias;
+  // ALiBi slopes and positions; rows: a row block's weights as T, when the
+  // result is narrower (a 16-bit query's dtype).
+  AlignedArray<T> q, st, wk, bias, rows;
 
   WeightsTile(const Problem& p, const Blocking& blk)
       : q(aligned_array<T>(p.E * blk.tile_rows)),
         st(aligned_array<T>(blk.keys * blk.tile_rows)),
         wk(aligned_array<T>(widens(p.k_storage, p.dtype) ? blk.keys * p.E : 0)),
-        bias(aligned_array<T>(p.alibi_slopes.empty() ? 0 : 2 * blk.tile_rows)) {}
+        bias(aligned_array<T>(p.alibi_slopes.empty() ? 0 : 2 * blk.tile_rows)),
+        rows(aligned_array<T>(p.out_dtype == p.dtype ? 0 : blk.rows * p.S)) {}
 };
 
 template <class T>
 void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
                      const Blocking& blk, const RowBlock& rb, WeightsTile<T>& t) {
   const MaskedScores<T> scores(p, kern, rb, blk.tile_rows, {t.q.get(), t.wk.get(), t.bias.get()});
-  T* w = static_cast<T*>(p.out) + rb.result_offset(p.out_rows, 0);
+  const std::int64_t first = rb.result_offset(p.out_rows, 0);
+  const bool narrowed = p.out_dtype != p.dtype;
+  T* w = narrowed ? t.rows.get() : static_cast<T*>(p.out) + first;
 
   const std::int64_t kv_end = scores.key_end();
   for (std::int64_t j0 = scores.key_begin(); j0 < kv_end; j0 += blk.keys) {
@@ -44,6 +49,8 @@ void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
   const T sink = p.sinks.empty() ? kNegInf<T> : static_cast<T>(p.sinks[static_cast<std::size_t>(rb.h0)]);
   for (std::int64_t i = 0; i < rb.rows; ++i)
     softmax_row(w + i * p.S, scores.key_begin(i), scores.key_end(i), p.S, sink);
+  if (narrowed)
+    store_row(w, rb.rows * p.S, p.out_dtype, static_cast<char*>(p.out) + first * stored_size(p.out_dtype));
 }
 
 }  // namespace

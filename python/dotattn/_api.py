@@ -15,7 +15,7 @@ from ._quantized import QuantizedKV
 if TYPE_CHECKING:  # names for the annotations only; nothing here exists at run time
     from typing import TypeVar, Union
 
-    from numpy.typing import ArrayLike, NDArray
+    from numpy.typing import ArrayLike, DTypeLike, NDArray
 
     # The dtypes dotattn computes in: a result has its query's.
     _Float = TypeVar("_Float", np.float32, np.float64)
@@ -51,25 +51,39 @@ def _needs_copy(a: NDArray[Any], *, unit_last_stride: bool) -> bool:
 
 
 _KV_DTYPES = "float32, float16, bfloat16 (ml_dtypes), int8 (dotattn.QuantizedKV) or float64"
+_QUERY_DTYPES = "float32, float64, float16 or bfloat16 (ml_dtypes)"
 
 
 def _readable(
-    x: Any, name: str, *, is_mask: bool = False, stored: bool = False, any_strides: bool = False
+    x: Any,
+    name: str,
+    *,
+    is_mask: bool = False,
+    stored: bool = False,
+    half: bool = False,
+    any_strides: bool = False,
 ) -> NDArray[Any]:
     """`x` as an array the core reads in place; copied once only when it must
     be. stored: key or value, which may also be float16, bfloat16 or, as a
-    QuantizedKV's data, int8. any_strides: the core reads the last dim
-    through its stride too (masks, merge's inputs, per-head vectors)."""
+    QuantizedKV's data, int8. half: float16 and bfloat16 are taken (query,
+    masks). any_strides: the core reads the last dim through its stride too
+    (masks, merge's inputs, per-head vectors)."""
     a = np.asarray(x)
     is_float = a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)
     is_16_bit = a.dtype.name in ("float16", "bfloat16")
-    if not (is_float or (is_mask and a.dtype.kind == "b") or (stored and is_16_bit)):
+    if not (is_float or (is_mask and a.dtype.kind == "b") or ((stored or half or is_mask) and is_16_bit)):
         if stored and a.dtype == np.int8:
             raise TypeError(
                 f"{name} has dtype int8 without its scales; pass dotattn.QuantizedKV(data, scale)"
             )
         expected = (
-            "bool or the inputs' float dtype" if is_mask else _KV_DTYPES if stored else "float32 or float64"
+            "bool or a float dtype"
+            if is_mask
+            else _KV_DTYPES
+            if stored
+            else _QUERY_DTYPES
+            if half
+            else "float32 or float64"
         )
         raise TypeError(f"{name} has dtype {a.dtype}; expected {expected}")
     if _needs_copy(a, unit_last_stride=not (is_mask or any_strides)):
@@ -169,6 +183,16 @@ def _output(out: Any) -> NDArray[Any] | None:
     return out
 
 
+def _out_dtype(out_dtype: Any, out: Any) -> np.dtype[Any] | None:
+    """out_dtype as a NumPy dtype (the core checks which it may be)."""
+    if out_dtype is None:
+        return None
+    dtype = np.dtype(out_dtype)
+    if out is not None and isinstance(out, np.ndarray) and out.dtype != dtype:
+        raise TypeError(f"out has dtype {out.dtype} but out_dtype is {dtype}; pass one or make them agree")
+    return dtype
+
+
 # The overloads tell type checkers what attention() returns: an array of the
 # query's dtype, or (out, lse) with return_lse=True.
 @overload
@@ -185,6 +209,7 @@ def attention(
     alibi_slopes: ArrayLike | None = ...,
     sinks: ArrayLike | None = ...,
     out: NDArray[Any] | None = ...,
+    out_dtype: DTypeLike | None = ...,
     return_lse: Literal[False] = ...,
 ) -> NDArray[_Float]: ...
 @overload
@@ -201,6 +226,7 @@ def attention(
     alibi_slopes: ArrayLike | None = ...,
     sinks: ArrayLike | None = ...,
     out: NDArray[Any] | None = ...,
+    out_dtype: DTypeLike | None = ...,
     return_lse: Literal[True],
 ) -> tuple[NDArray[_Float], NDArray[_Float]]: ...
 @overload
@@ -217,6 +243,7 @@ def attention(
     alibi_slopes: ArrayLike | None = ...,
     sinks: ArrayLike | None = ...,
     out: NDArray[Any] | None = ...,
+    out_dtype: DTypeLike | None = ...,
     return_lse: Literal[False] = ...,
 ) -> NDArray[np.floating[Any]]: ...
 @overload
@@ -233,6 +260,7 @@ def attention(
     alibi_slopes: ArrayLike | None = ...,
     sinks: ArrayLike | None = ...,
     out: NDArray[Any] | None = ...,
+    out_dtype: DTypeLike | None = ...,
     return_lse: Literal[True],
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
 @overload
@@ -249,6 +277,7 @@ def attention(
     alibi_slopes: ArrayLike | None = ...,
     sinks: ArrayLike | None = ...,
     out: NDArray[Any] | None = ...,
+    out_dtype: DTypeLike | None = ...,
     return_lse: bool = ...,
 ) -> NDArray[np.floating[Any]] | tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
 def attention(
@@ -264,6 +293,7 @@ def attention(
     alibi_slopes: ArrayLike | None = None,
     sinks: ArrayLike | None = None,
     out: NDArray[Any] | None = None,
+    out_dtype: DTypeLike | None = None,
     return_lse: bool = False,
 ) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]:
     """Scaled dot-product attention: ``softmax(query @ key.T * scale + mask) @ value``.
@@ -343,7 +373,7 @@ def attention(
     k, k_scale = _stored(key, "key")
     v, v_scale = _stored(value, "value")
     result, lse = _core.attention(
-        _readable(query, "query"),
+        _readable(query, "query", half=True),
         k,
         v,
         k_scale,
@@ -353,6 +383,7 @@ def attention(
         _real(scale, "scale"),
         _score_options(window, softcap, alibi_slopes, sinks),
         _output(out),
+        _out_dtype(out_dtype, out),
         bool(return_lse),
     )
     if not return_lse:
@@ -373,6 +404,7 @@ def attention_weights(
     softcap: _Scale = ...,
     alibi_slopes: ArrayLike | None = ...,
     sinks: ArrayLike | None = ...,
+    out_dtype: DTypeLike | None = ...,
 ) -> NDArray[_Float]: ...
 @overload
 def attention_weights(
@@ -386,6 +418,7 @@ def attention_weights(
     softcap: _Scale = ...,
     alibi_slopes: ArrayLike | None = ...,
     sinks: ArrayLike | None = ...,
+    out_dtype: DTypeLike | None = ...,
 ) -> NDArray[np.floating[Any]]: ...
 def attention_weights(
     query: ArrayLike,
@@ -398,6 +431,7 @@ def attention_weights(
     softcap: _Scale = None,
     alibi_slopes: ArrayLike | None = None,
     sinks: ArrayLike | None = None,
+    out_dtype: DTypeLike | None = None,
 ) -> NDArray[Any]:
     """The attention weights ``softmax(query @ key.T * scale + mask)``.
 
@@ -410,13 +444,14 @@ def attention_weights(
     """
     k, k_scale = _stored(key, "key")
     return _core.attention_weights(
-        _readable(query, "query"),
+        _readable(query, "query", half=True),
         k,
         k_scale,
         None if attn_mask is None else _readable(attn_mask, "attn_mask", is_mask=True),
         _causal(is_causal),
         _real(scale, "scale"),
         _score_options(window, softcap, alibi_slopes, sinks),
+        _out_dtype(out_dtype, None),
     )
 
 
@@ -434,6 +469,7 @@ def attention_varlen(
     alibi_slopes: ArrayLike | None = None,
     sinks: ArrayLike | None = None,
     out: NDArray[Any] | None = None,
+    out_dtype: DTypeLike | None = None,
     return_lse: bool = False,
 ) -> Any:
     """Attention over a packed batch of sequences of different lengths.
@@ -466,7 +502,7 @@ def attention_varlen(
     k, k_scale = _stored(key, "key")
     v, v_scale = _stored(value, "value")
     result, lse = _core.attention_varlen(
-        _readable(query, "query"),
+        _readable(query, "query", half=True),
         k,
         v,
         k_scale,
@@ -477,6 +513,7 @@ def attention_varlen(
         _real(scale, "scale"),
         _score_options(window, softcap, alibi_slopes, sinks),
         _output(out),
+        _out_dtype(out_dtype, out),
         bool(return_lse),
     )
     return (result, lse) if return_lse else result
@@ -497,6 +534,7 @@ def attention_paged(
     alibi_slopes: ArrayLike | None = None,
     sinks: ArrayLike | None = None,
     out: NDArray[Any] | None = None,
+    out_dtype: DTypeLike | None = None,
     return_lse: bool = False,
 ) -> Any:
     """Attention against a paged KV cache addressed through a block table.
@@ -536,7 +574,7 @@ def attention_paged(
     Page indices outside the cache and lengths beyond a sequence's pages
     raise ValueError before anything is read.
     """
-    q = _readable(query, "query")
+    q = _readable(query, "query", half=True)
     table = _indices(block_table, "block_table", table=True)
     if cu_seqlens_q is None:
         cu_seqlens_q = np.arange(table.shape[0] + 1 if table.ndim else 1, dtype=np.int32)
@@ -555,6 +593,7 @@ def attention_paged(
         _real(scale, "scale"),
         _score_options(window, softcap, alibi_slopes, sinks),
         _output(out),
+        _out_dtype(out_dtype, out),
         bool(return_lse),
     )
     return (result, lse) if return_lse else result

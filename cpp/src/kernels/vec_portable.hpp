@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "half_precision.hpp"  // baseline code only: scalar.cpp alone includes this file
+
 namespace dotattn::kernels {
 
 template <class Elem, class Int>
@@ -58,35 +60,16 @@ struct VecPortable {
     for (std::int64_t i = 1; i < N; ++i) sum += x[i];
     return sum;
   }
-  // The stored formats, widened one element at a time: float16 by moving
-  // its exponent and mantissa into a float's place and rebiasing the
-  // exponent by a multiplication by 2^112, exact for normal and subnormal
-  // values alike, with no branch (no F16C at the baseline); bfloat16 as the
-  // high half of a float.
-  static T f16_value(std::uint16_t h) {
-    const std::uint32_t sign = (h & 0x8000u) << 16, rest = (h & 0x7fffu) << 13;
-    const std::uint32_t inf_or_nan = rest >= 0x0f800000u ? 0x7f800000u : 0u;
-    const float magnitude = inf_or_nan ? bits_as_float(rest | inf_or_nan) : bits_as_float(rest) * 0x1p112f;
-    return static_cast<T>(bits_as_float(float_bits(magnitude) | sign));
-  }
-  static std::uint32_t float_bits(float x) {
-    std::uint32_t bits;
-    std::memcpy(&bits, &x, sizeof bits);
-    return bits;
-  }
-  static float bits_as_float(std::uint32_t bits) {
-    float x;
-    std::memcpy(&x, &bits, sizeof x);
-    return x;
-  }
+  // The stored formats, widened one element at a time by the portable
+  // conversions the shared code uses (half_precision.hpp).
   static R from_f16(const std::uint16_t* p) {
     R x;
-    for (std::int64_t i = 0; i < N; ++i) x[i] = f16_value(p[i]);
+    for (std::int64_t i = 0; i < N; ++i) x[i] = static_cast<T>(detail::float16_value(p[i]));
     return x;
   }
   static R from_bf16(const std::uint16_t* p) {
     R x;
-    for (std::int64_t i = 0; i < N; ++i) x[i] = static_cast<T>(bits_as_float(std::uint32_t(p[i]) << 16));
+    for (std::int64_t i = 0; i < N; ++i) x[i] = static_cast<T>(detail::bfloat16_value(p[i]));
     return x;
   }
   static R from_i8(const std::int8_t* p) {
