@@ -140,13 +140,17 @@ def test_layouts_the_core_cannot_read_are_copied(rng, dtype):
     # The core itself refuses what the wrapper must copy, so passing above
     # means the wrapper copied.
     with pytest.raises(ValueError, match=r"value \(1, 2, 20, 6\) must be aligned to its dtype"):
-        _core.attention(q, k, misaligned, None, None, None, _core.Causal.none, None, NO_OPTIONS, None, None, False)
+        _core.attention(
+            q, k, misaligned, None, None, None, _core.Causal.none, None, NO_OPTIONS, None, None, False
+        )
     with pytest.raises(ValueError, match="query .* must have unit stride in its last dim, got 2"):
         _core.attention(
             strided_last, k, v, None, None, None, _core.Causal.none, None, NO_OPTIONS, None, None, False
         )
     with pytest.raises(TypeError, match="key has dtype >f"):
-        _core.attention(q, swapped, v, None, None, None, _core.Causal.none, None, NO_OPTIONS, None, None, False)
+        _core.attention(
+            q, swapped, v, None, None, None, _core.Causal.none, None, NO_OPTIONS, None, None, False
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -134,7 +134,9 @@ def test_varlen_and_paged(rng, q_dtype):
     k = rng.standard_normal((cu_k[-1], 2, 64)).astype(half)
     v = rng.standard_normal((cu_k[-1], 2, 48)).astype(np.float16)
     ref = dotattn.reference.attention_varlen(q, k, v, cu_q, cu_k, is_causal=True)
-    check_half(lambda dt: dotattn.attention_varlen(q, k, v, cu_q, cu_k, is_causal=True, out_dtype=dt), ref, half)
+    check_half(
+        lambda dt: dotattn.attention_varlen(q, k, v, cu_q, cu_k, is_causal=True, out_dtype=dt), ref, half
+    )
 
     page = 16
     pages = [(n + page - 1) // page for n in lengths_k]
@@ -152,7 +154,9 @@ def test_varlen_and_paged(rng, q_dtype):
     lens = np.array(lengths_k)
     ref = dotattn.reference.attention_paged(q, k_cache, v_cache, table, lens, cu_q, is_causal=True)
     check_half(
-        lambda dt: dotattn.attention_paged(q, k_cache, v_cache, table, lens, cu_q, is_causal=True, out_dtype=dt),
+        lambda dt: dotattn.attention_paged(
+            q, k_cache, v_cache, table, lens, cu_q, is_causal=True, out_dtype=dt
+        ),
         ref,
         half,
     )
@@ -169,8 +173,16 @@ def test_results_round_to_nearest_even(rng, q_dtype):
     near = np.array([65504, 65519.996, 65520, 65536, 2.0**-14, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 1e-30])
     ties = (np.arange(1, 2000, dtype=np.uint32) << 13) | (1 << 12)  # float16 ties at every mantissa
     special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)
-    values = np.concatenate([bits.view(np.float32), near.astype(np.float32), -near.astype(np.float32),
-                             ties.view(np.float32), (ties << 3).view(np.float32), special])
+    values = np.concatenate(
+        [
+            bits.view(np.float32),
+            near.astype(np.float32),
+            -near.astype(np.float32),
+            ties.view(np.float32),
+            (ties << 3).view(np.float32),
+            special,
+        ]
+    )
     q = np.ones((1, 1, 8), half)
     k = np.ones((1, 1, 8), half)
     v = values.reshape(1, 1, -1)
@@ -185,18 +197,36 @@ def test_bad_dtypes_raise_and_leave_out_untouched(rng):
     q, k, v = inputs(rng, "bfloat16", "float32", L=4, S=6)
     q32 = q.astype(np.float32)
     cases = [
-        ({"out": np.full((1, 4, 4, 24), 7.0)}, TypeError,
-         r"out has dtype float64 but the result is bfloat16 \(the query's dtype\) or float32"),
-        ({"out": np.full((1, 4, 4, 24), 7.0, np.float16)}, TypeError,
-         r"out has dtype float16 but the result is bfloat16 \(the query's dtype\) or float32"),
-        ({"out_dtype": np.float64}, TypeError,
-         r"out has dtype float64 but the result is bfloat16 \(the query's dtype\) or float32"),
-        ({"attn_mask": np.zeros((4, 6))}, TypeError,
-         r"attn_mask has dtype float64; expected bool .* bfloat16 \(the query's dtype\) or float32"),
-        ({"attn_mask": np.zeros((4, 6), np.float16)}, TypeError,
-         r"attn_mask has dtype float16; expected bool .* bfloat16 \(the query's dtype\) or float32"),
-        ({"out": np.full((1, 4, 4, 24), 7.0, np.float32), "out_dtype": bf16}, TypeError,
-         r"out has dtype float32 but out_dtype is bfloat16"),
+        (
+            {"out": np.full((1, 4, 4, 24), 7.0)},
+            TypeError,
+            r"out has dtype float64 but the result is bfloat16 \(the query's dtype\) or float32",
+        ),
+        (
+            {"out": np.full((1, 4, 4, 24), 7.0, np.float16)},
+            TypeError,
+            r"out has dtype float16 but the result is bfloat16 \(the query's dtype\) or float32",
+        ),
+        (
+            {"out_dtype": np.float64},
+            TypeError,
+            r"out has dtype float64 but the result is bfloat16 \(the query's dtype\) or float32",
+        ),
+        (
+            {"attn_mask": np.zeros((4, 6))},
+            TypeError,
+            r"attn_mask has dtype float64; expected bool .* bfloat16 \(the query's dtype\) or float32",
+        ),
+        (
+            {"attn_mask": np.zeros((4, 6), np.float16)},
+            TypeError,
+            r"attn_mask has dtype float16; expected bool .* bfloat16 \(the query's dtype\) or float32",
+        ),
+        (
+            {"out": np.full((1, 4, 4, 24), 7.0, np.float32), "out_dtype": bf16},
+            TypeError,
+            r"out has dtype float32 but out_dtype is bfloat16",
+        ),
     ]
     for kwargs, exc, pattern in cases:
         with pytest.raises(exc, match=pattern):
@@ -216,3 +246,28 @@ def test_bad_dtypes_raise_and_leave_out_untouched(rng):
         dotattn.attention_weights(q, k, out_dtype=np.float64)
     with pytest.raises(TypeError, match=r"query has dtype int16; expected float32, float64, float16"):
         dotattn.attention(q.view(np.int16), k, v)
+
+
+# (B, Hq, Hkv, L, S, E, is_causal): prefill, causal prefill, GQA decode.
+TORCH_SHAPES = [(1, 8, 8, 256, 256, 64, False), (1, 4, 4, 300, 300, 64, True), (2, 8, 2, 1, 2000, 128, False)]
+
+
+@pytest.mark.parametrize("q_dtype", HALF)
+@pytest.mark.parametrize("shape", TORCH_SHAPES, ids=["-".join(map(str, s)) for s in TORCH_SHAPES])
+def test_error_within_pytorchs(rng, q_dtype, shape):
+    # The same 16-bit inputs through torch's SDPA in that dtype: dotattn's
+    # normwise error against the reference is at most torch's (measured
+    # here, torch 2.13: about 0.75 of it, torch rounding the weights to the
+    # 16-bit dtype for its P·V product, dotattn keeping them in float32).
+    torch = pytest.importorskip("torch", reason="the comparison with PyTorch needs torch")
+    B, Hq, Hkv, L, S, E, causal = shape
+    half = HALF[q_dtype]
+    q = rng.standard_normal((B, Hq, L, E)).astype(half)
+    k = rng.standard_normal((B, Hkv, S, E)).astype(half)
+    v = rng.standard_normal((B, Hkv, S, E)).astype(half)
+    ref = dotattn.reference.attention(q, k, v, is_causal=causal)
+    mine = dotattn.reference.errors(dotattn.attention(q, k, v, is_causal=causal), ref)[0]
+    t = [torch.from_numpy(x.astype(np.float32)).to(getattr(torch, q_dtype)) for x in (q, k, v)]
+    theirs = torch.nn.functional.scaled_dot_product_attention(*t, is_causal=causal, enable_gqa=Hq != Hkv)
+    torch_error = dotattn.reference.errors(theirs.float().numpy(), ref)[0]
+    assert mine <= torch_error, f"dotattn {mine:.3g} > torch {torch_error:.3g}"

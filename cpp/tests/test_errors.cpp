@@ -212,7 +212,7 @@ TEST(errors, scale) {
   } cases[] = {{std::numeric_limits<double>::quiet_NaN(), "scale must be finite, got nan"},
                {inf, "scale must be finite, got inf"},
                {-inf, "scale must be finite, got -inf"},
-               {1e300, "scale=1e+300 overflows float32, the inputs' dtype"}};
+               {1e300, "scale=1e+300 overflows float32, the dtype computed in"}};
   for (const auto& c : cases) {
     Args a;
     a.options.scale = c.scale;
@@ -230,7 +230,7 @@ TEST(errors, dtypes) {
   {
     Args a;
     a.query = dotattn::view(bools.get(), {B, H, L, E});
-    refused<dtype_error>(a, {"query has dtype bool; expected float32 or float64"});
+    refused<dtype_error>(a, {"query has dtype bool; expected float32, float64, float16 or bfloat16"});
   }
   {
     Args a;

@@ -1,6 +1,7 @@
 // Key and value stored as float16, bfloat16 or int8 (quantized_view,
-// quantize_int8) with a float32 query, on every kernel set, against the
-// oracle computed on the values as stored; and quantize_int8 itself.
+// quantize_int8) with a float32 query, and a bfloat16 query, on every kernel
+// set, against the oracle computed on the values as stored; and
+// quantize_int8 itself.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -116,6 +117,57 @@ TEST(formats, decode) {
       });
     }
   }
+}
+
+// A bfloat16 query (with bfloat16 keys and float16 values): out in float32
+// within float32's tolerance, out in bfloat16 within one rounding of it
+// (2^-9 of the largest value, twice over), the LSE float32; a float64 out
+// is refused before anything is written.
+TEST(formats, bfloat16_query) {
+  Sizes n;
+  n.Hq = 4;
+  n.Hkv = 2;
+  n.L = 37;
+  n.S = 203;
+  n.E = 40;
+  n.Ev = 24;
+  Rng rng(7);
+  const std::vector<float> q = exact_16_bit(n.Hq * n.L * n.E, rng);
+  const std::vector<float> k = exact_16_bit(n.Hkv * n.S * n.E, rng);
+  const std::vector<float> v = exact_16_bit(n.Hkv * n.S * n.Ev, rng);
+  const Dims q_shape{1, n.Hq, n.L, n.E}, k_shape{1, n.Hkv, n.S, n.E}, v_shape{1, n.Hkv, n.S, n.Ev};
+  const Dims out_shape{1, n.Hq, n.L, n.Ev};
+  const std::vector<dotattn::bfloat16_t> qb = to_bfloat16(q), kb = to_bfloat16(k);
+  const std::vector<dotattn::float16_t> v16 = to_float16(v);
+  const Expected want = naive_attention(n, to_double(q), to_double(k), to_double(v),
+                                        1.0 / std::sqrt(double(n.E)), dotattn::Causal::upper_left, {});
+  for_each_isa([&] {
+    std::vector<float> out(want.out.size(), kNaN<float>), lse(want.lse.size(), kNaN<float>);
+    std::vector<dotattn::bfloat16_t> out16(want.out.size(), dotattn::bfloat16_t{0x7fc0});
+    dotattn::Options options;
+    options.causal = dotattn::Causal::upper_left;
+    options.lse = dotattn::output(lse.data(), {1, n.Hq, n.L});
+    const auto query = dotattn::view(qb.data(), q_shape);
+    const auto key = dotattn::view(kb.data(), k_shape);
+    const auto value = dotattn::view(v16.data(), v_shape);
+    dotattn::attention(query, key, value, dotattn::output(out.data(), out_shape), options);
+    CHECK_MATCH(out, want.out, tolerance<float>());
+    CHECK_MATCH(lse, want.lse, tolerance<float>());
+    options.lse.reset();
+    dotattn::attention(query, key, value, dotattn::output(out16.data(), out_shape), options);
+    std::vector<float> widened(out16.size());
+    for (std::size_t i = 0; i < out16.size(); ++i) {
+      const std::uint32_t bits = std::uint32_t(out16[i].bits) << 16;
+      std::memcpy(&widened[i], &bits, sizeof bits);
+    }
+    CHECK_MATCH(widened, want.out, 4e-3);
+
+    std::vector<double> out64(want.out.size(), 7.0);
+    expect_error<dotattn::dtype_error>(
+        [&] { dotattn::attention(query, key, value, dotattn::output(out64.data(), out_shape)); },
+        {"out has dtype float64 but the result is bfloat16 (the query's dtype) or float32"});
+    CHECK(out64[0] == 7.0);
+  });
 }
 
 // scale = max|x| / 127 per group, data = x / scale rounded half to even.

@@ -187,7 +187,7 @@ def _out_dtype(out_dtype: Any, out: Any) -> np.dtype[Any] | None:
     """out_dtype as a NumPy dtype (the core checks which it may be)."""
     if out_dtype is None:
         return None
-    dtype = np.dtype(out_dtype)
+    dtype: np.dtype[Any] = np.dtype(out_dtype)
     if out is not None and isinstance(out, np.ndarray) and out.dtype != dtype:
         raise TypeError(f"out has dtype {out.dtype} but out_dtype is {dtype}; pass one or make them agree")
     return dtype
@@ -301,10 +301,14 @@ def attention(
     Parameters
     ----------
     query : array_like, shape (..., Hq, L, E) or (L, E)
-        float32 or float64.
+        float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``). A
+        16-bit query computes in float32: it is widened as it is read, the
+        softmax and the sums run in float32, and the result is rounded once
+        (to nearest even) into its dtype.
     key : array_like or QuantizedKV, shape (..., Hkv, S, E) or (S, E)
     value : array_like or QuantizedKV, shape (..., Hkv, S, Ev) or (S, Ev)
-        As stored: with a float32 query, each of key and value may be
+        As stored: with a float32, float16 or bfloat16 query, each of key
+        and value may be
         float32, float16, bfloat16 (``ml_dtypes.bfloat16``) or int8 with
         its scales (:class:`QuantizedKV`, :func:`quantize_kv`), each its own
         format, widened to float32 block by block inside the kernels (never
@@ -315,8 +319,9 @@ def attention(
         value.
     attn_mask : array_like, optional
         Broadcastable to (..., Hq, L, S). Boolean: True means the query may
-        attend to the key. Float (the inputs' dtype): added to the scores,
-        ``-inf`` masks. Broadcast through strides, never materialised.
+        attend to the key. Float (the inputs' dtype; with a 16-bit query,
+        its dtype or float32): added to the scores, ``-inf`` masks.
+        Broadcast through strides, never materialised.
     is_causal : bool or str, default False
         ``True`` or ``"upper_left"``: query ``i`` sees keys ``j <= i``
         (PyTorch's ``is_causal``). ``"lower_right"``: query ``i`` sees keys
@@ -348,21 +353,24 @@ def attention(
     out : numpy.ndarray, optional
         Writable, C-contiguous, of the result's shape and dtype, sharing no
         memory with an input; written in place and returned.
+    out_dtype : dtype, optional
+        The result's dtype: the query's (default), or float32 for a float16
+        or bfloat16 query. Given with ``out``, it must be out's dtype.
     return_lse : bool, default False
         Also return the log-sum-exp of the scaled, masked scores, shape
-        (..., Hq, L), in the inputs' dtype.
+        (..., Hq, L): float64 for a float64 query, float32 otherwise.
 
     Returns
     -------
     out : numpy.ndarray, shape (..., Hq, L, Ev) or (L, Ev)
-        In the inputs' dtype. A query row that sees no key (fully masked, or
-        S == 0) is zeros, with an LSE of -inf.
+        In out_dtype (default: the query's dtype). A query row that sees no
+        key (fully masked, or S == 0) is zeros, with an LSE of -inf.
     (out, lse) if return_lse.
 
     Notes
     -----
-    A float32 query computes in float32 (whatever key and value are stored
-    as) with a max-subtracted online softmax that
+    A float32, float16 or bfloat16 query computes in float32 (whatever key
+    and value are stored as) with a max-subtracted online softmax that
     never forms the L x S score matrix; float64 in float64. Inputs whose last
     dim has unit stride are read in place whatever their other strides (e.g.
     ``x.transpose(0, 2, 1, 3)``); other layouts (a strided last dim,
@@ -440,7 +448,9 @@ def attention_weights(
     that sees no key all zeros (with ``sinks``, rows sum to less than 1: the
     sink takes the rest). Arguments as in :func:`attention`;
     ``attention(q, k, v)`` equals ``attention_weights(q, k) @ v`` up to
-    rounding, for any masks.
+    rounding, for any masks. The weights are float32 for a float32,
+    float16 or bfloat16 query (``out_dtype`` may ask for the query's 16-bit
+    dtype), float64 for a float64 one.
     """
     k, k_scale = _stored(key, "key")
     return _core.attention_weights(
@@ -491,7 +501,10 @@ def attention_varlen(
     is_causal, scale, window, softcap, alibi_slopes, sinks
         As in :func:`attention`, for every sequence; there is no attn_mask.
     out : numpy.ndarray, optional
-        (total_q, Hq, Ev), C-contiguous, of the query's dtype.
+        (total_q, Hq, Ev), C-contiguous, of the result's dtype.
+    out_dtype : dtype, optional
+        As in :func:`attention`: the query's dtype, or float32 for a 16-bit
+        query.
     return_lse : bool, default False
         Also return the LSE, shape (Hq, total_q) (flash-attn's layout).
 
@@ -565,7 +578,7 @@ def attention_paged(
         As in :func:`attention_varlen`, per sequence (``True`` is the
         bottom-right alignment: a chunk of queries at the end of its
         sequence).
-    out, return_lse
+    out, out_dtype, return_lse
         As in :func:`attention_varlen`.
 
     Returns

@@ -3,10 +3,11 @@
 The public functions are those of the dotattn package (python/dotattn/_api.py),
 which prepare the arguments: the functions here take arrays as they are
 (NumPy arrays only, never converted), every argument given, and raise
-TypeError for a dtype they do not take (float32/float64 queries; also
-float16, bfloat16 and int8 with float32 scales for key and value; bool for
+TypeError for a dtype they do not take (float32, float64, float16 and
+bfloat16 queries; also int8 with float32 scales for key and value; bool for
 attn_mask) or a non-native byte order, and ValueError for other bad
-arguments."""
+arguments. out_dtype None gives the query's dtype (attention_weights: the
+dtype computed in, float64 or float32)."""
 
 from typing import Any, ClassVar, Literal, overload
 
@@ -50,10 +51,11 @@ class ScoreOptions:
     ) -> None: ...
 
 # Returns (out, lse): out is the `out` argument when one is given, else a new
-# array of the query's dtype; lse is None unless return_lse.
+# array of out_dtype or the query's dtype; lse (float32, or float64 for a
+# float64 query) is None unless return_lse.
 @overload
 def attention(
-    query: NDArray[np.floating[Any]],
+    query: NDArray[Any],
     key: NDArray[Any],
     value: NDArray[Any],
     key_scale: NDArray[np.float32] | None,
@@ -62,12 +64,13 @@ def attention(
     causal: Causal,
     scale: float | None,
     options: ScoreOptions,
-    out: NDArray[np.floating[Any]] | None,
+    out: NDArray[Any] | None,
+    out_dtype: np.dtype[Any] | None,
     return_lse: Literal[False],
 ) -> tuple[NDArray[np.floating[Any]], None]: ...
 @overload
 def attention(
-    query: NDArray[np.floating[Any]],
+    query: NDArray[Any],
     key: NDArray[Any],
     value: NDArray[Any],
     key_scale: NDArray[np.float32] | None,
@@ -76,12 +79,13 @@ def attention(
     causal: Causal,
     scale: float | None,
     options: ScoreOptions,
-    out: NDArray[np.floating[Any]] | None,
+    out: NDArray[Any] | None,
+    out_dtype: np.dtype[Any] | None,
     return_lse: Literal[True],
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]: ...
 @overload
 def attention(
-    query: NDArray[np.floating[Any]],
+    query: NDArray[Any],
     key: NDArray[Any],
     value: NDArray[Any],
     key_scale: NDArray[np.float32] | None,
@@ -90,22 +94,24 @@ def attention(
     causal: Causal,
     scale: float | None,
     options: ScoreOptions,
-    out: NDArray[np.floating[Any]] | None,
+    out: NDArray[Any] | None,
+    out_dtype: np.dtype[Any] | None,
     return_lse: bool,
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
 def attention_weights(
-    query: NDArray[np.floating[Any]],
+    query: NDArray[Any],
     key: NDArray[Any],
     key_scale: NDArray[np.float32] | None,
     attn_mask: NDArray[np.bool_] | NDArray[np.floating[Any]] | None,
     causal: Causal,
     scale: float | None,
     options: ScoreOptions,
-) -> NDArray[np.floating[Any]]: ...
+    out_dtype: np.dtype[Any] | None,
+) -> NDArray[Any]: ...
 
 # Packed and paged calls return (out, lse) as attention does.
 def attention_varlen(
-    query: NDArray[np.floating[Any]],
+    query: NDArray[Any],
     key: NDArray[Any],
     value: NDArray[Any],
     key_scale: NDArray[np.float32] | None,
@@ -115,11 +121,12 @@ def attention_varlen(
     causal: Causal,
     scale: float | None,
     options: ScoreOptions,
-    out: NDArray[np.floating[Any]] | None,
+    out: NDArray[Any] | None,
+    out_dtype: np.dtype[Any] | None,
     return_lse: bool,
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
 def attention_paged(
-    query: NDArray[np.floating[Any]],
+    query: NDArray[Any],
     cu_seqlens_q: NDArray[np.int32],
     key_cache: NDArray[Any],
     value_cache: NDArray[Any],
@@ -130,7 +137,8 @@ def attention_paged(
     causal: Causal,
     scale: float | None,
     options: ScoreOptions,
-    out: NDArray[np.floating[Any]] | None,
+    out: NDArray[Any] | None,
+    out_dtype: np.dtype[Any] | None,
     return_lse: bool,
 ) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]] | None]: ...
 

@@ -6,8 +6,9 @@
 // shape, strides in elements); nothing here includes Python.
 //
 // Shapes: query (..., Hq, L, E), key (..., Hkv, S, E), value (..., Hkv, S, Ev)
-// (key and value as stored: float32, float16, bfloat16 or int8 with scales,
-// each its own, for a float32 query; float64 for a float64 query)
+// (query float32, float64, float16 or bfloat16; key and value as stored:
+// float32, float16, bfloat16 or int8 with scales, each its own, for any
+// query but a float64 one, which takes float64)
 // with equal leading batch dims; or the single-head 2-D case (L, E), (S, E),
 // (S, Ev). Hq must be a multiple of Hkv: query head h reads key/value head
 // h / (Hq / Hkv). The result has shape (..., Hq, L, Ev).
@@ -24,8 +25,12 @@
 namespace dotattn {
 
 // float16 (IEEE binary16), bfloat16 and int8 are storage formats of key and
-// value (the KV cache); the query and the results are float32 or float64.
-// int32 and int64: the index arrays of packed and paged batches.
+// value (the KV cache). A float16 or bfloat16 query computes in float32 (it
+// is widened as it is read); its out, or weights, may be float32 or its own
+// dtype (rounded once, to nearest even), its LSE is float32, and an
+// additive mask may be float32 or its dtype. A float32 or float64 query
+// computes, and writes every result, in its own dtype. int32 and int64: the
+// index arrays of packed and paged batches.
 enum class DType { float32, float64, boolean, float16, bfloat16, int8, int32, int64 };
 
 const char* dtype_name(DType dtype) noexcept;
@@ -141,8 +146,9 @@ struct Window {
 };
 
 struct Options {
-  // Boolean (true = may attend) or additive, of the inputs' float dtype;
-  // broadcastable to (..., Hq, L, S), read through its strides.
+  // Boolean (true = may attend) or additive, of the dtype computed in (or a
+  // 16-bit query's); broadcastable to (..., Hq, L, S), read through its
+  // strides.
   std::optional<TensorView> mask;
   Causal causal = Causal::none;
   // Default 1/sqrt(E); any finite value.
@@ -161,7 +167,8 @@ struct Options {
   // LSE includes it; a row that sees no key gets zeros and an LSE of sinks[h].
   std::optional<TensorView> sinks;
   // attention() only: log-sum-exp of the scaled, masked scores, shape
-  // (..., Hq, L), in the inputs' dtype; -inf for a row that sees no key.
+  // (..., Hq, L), in the dtype computed in (float32 for a 16-bit query);
+  // -inf for a row that sees no key.
   std::optional<OutputView> lse;
 };
 
