@@ -160,6 +160,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "int8 is dotattn.quantize_kv's); torch and the reference keep float32",
     )
     parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="the query's dtype (and the result's) for dotattn, and q, k and v's for torch (default "
+        "float32; bfloat16 needs ml_dtypes); dotattn's K/V stay as --kv-dtype says",
+    )
+    parser.add_argument(
         "--cold",
         action="store_true",
         help="evict the last-level cache (read --flush-mib MiB) before each timed dotattn and torch call",
@@ -219,7 +226,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error('--plot needs matplotlib: pip install "dotattn[bench]" (or pip install matplotlib)')
-    if args.kv_dtype == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
+    if "bfloat16" in (args.kv_dtype, args.dtype) and importlib.util.find_spec("ml_dtypes") is None:
         parser.error("--kv-dtype bfloat16 needs ml_dtypes: pip install ml_dtypes")
     torch = None if args.no_torch else _import_torch()
 
@@ -258,11 +265,11 @@ def _benchmark(args: argparse.Namespace, repeat: int | None, threads: int, torch
     if stream:
         print(f"stream_read {stream['mib']} MiB: {stream['gbps']:.2f} GB/s on {threads} threads", flush=True)
     cache = f"cache evicted ({args.flush_mib} MiB read) before each call" if args.cold else "warm cache"
-    print(f"dotattn K/V stored as {args.kv_dtype}; {cache}\n", flush=True)
+    print(f"query {args.dtype}; dotattn K/V stored as {args.kv_dtype}; {cache}\n", flush=True)
 
     evict = cache_evictor(args.flush_mib) if args.cold else None
     bandwidth = stream["gbps"] if stream else None
-    results = time_shapes(shapes, repeat, torch, args.kv_dtype, evict, sgemm["gflops"], bandwidth)
+    results = time_shapes(shapes, repeat, torch, args.kv_dtype, evict, sgemm["gflops"], bandwidth, args.dtype)
 
     sweep = None
     if args.plot:
@@ -291,6 +298,7 @@ def _benchmark(args: argparse.Namespace, repeat: int | None, threads: int, torch
             "torch": torch.__version__ if torch else None,
             "sgemm": sgemm,
             "kv_dtype": args.kv_dtype,
+            "dtype": args.dtype,
             "cold": args.cold,
             "stream": stream,
             "shapes": results,
@@ -398,13 +406,16 @@ def time_shapes(
     evict: Callable[[], Any] | None,
     sgemm_gflops: float,
     stream_gbps: float | None = None,
+    q_dtype: str = "float32",
 ) -> list[dict]:
     """Times each shape (`repeat` runs, else the shape's own), printing its
     row of the table as soon as it is done. `evict`: --cold's, or None."""
     table = Table(shapes, sgemm_gflops)
     results = []
     for shape in shapes:
-        results.append(time_shape(shape, repeat or shape.repeat, torch, kv_dtype, evict, stream_gbps))
+        results.append(
+            time_shape(shape, repeat or shape.repeat, torch, kv_dtype, evict, stream_gbps, q_dtype)
+        )
         table.row(shape, results[-1])
     return results
 
@@ -416,6 +427,7 @@ def time_shape(
     kv_dtype: str,
     evict: Callable[[], Any] | None,
     stream_gbps: float | None,
+    q_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Times every system on one shape. Returns the shape and, per system,
     its median, samples and rates, or why it was skipped."""
@@ -430,12 +442,13 @@ def time_shape(
     calls: dict[str, Callable[[], Any]] = {}
     skipped: dict[str, str] = {}
     runs = dict.fromkeys(SYSTEMS, repeat)
-    calls["dotattn"] = lambda: dotattn.attention(q, k_stored, v_stored, is_causal=shape.causal)
+    q_stored = stored_as(q, q_dtype)
+    calls["dotattn"] = lambda: dotattn.attention(q_stored, k_stored, v_stored, is_causal=shape.causal)
     if torch is None:
         skipped["torch"] = "not timed: torch is not installed, or --no-torch"
     else:
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+        tq, tk, tv = (torch.from_numpy(x).to(getattr(torch, q_dtype)) for x in (q, k, v))
         gqa = {"enable_gqa": True} if shape.Hq != shape.Hkv else {}  # an option since PyTorch 2.5
         calls["torch"] = lambda: sdpa(tq, tk, tv, is_causal=shape.causal, **gqa)
     estimate = estimate_reference_seconds(shape, q, k, v)
@@ -500,7 +513,8 @@ def time_shape(
 
 
 def stored_as(x: np.ndarray, kv_dtype: str) -> Any:
-    """The float32 key or value x in dotattn's K/V storage format kv_dtype."""
+    """The float32 x in dotattn's storage format kv_dtype (a query: float32,
+    float16 or bfloat16)."""
     if kv_dtype == "int8":
         return dotattn.quantize_kv(x)
     if kv_dtype == "bfloat16":
