@@ -283,7 +283,8 @@ void check_mask(Problem& p, const Options& options, const Dims& query_shape) {
   if (!options.mask) return;
   const TensorView& m = *options.mask;
   check_view("attn_mask", m);
-  if (m.dtype != DType::boolean && m.dtype != p.dtype && !(is_16_bit(p.q_dtype) && m.dtype == p.q_dtype))
+  const bool query_dtype = is_16_bit(p.q_dtype) && m.dtype == p.q_dtype;
+  if (m.dtype != DType::boolean && m.dtype != p.dtype && !query_dtype)
     throw dtype_error(std::string("attn_mask has dtype ") + dtype_name(m.dtype) +
                       "; expected bool (True = may attend) or, added to the scores, " +
                       (is_16_bit(p.q_dtype) ? std::string(dtype_name(p.q_dtype)) + " (the query's dtype) or float32"
@@ -363,12 +364,14 @@ void check_options(Problem& p, const Options& options, const Dims& query_shape) 
   if (options.sinks) p.sinks = per_head_values("sinks", *options.sinks, p.Hq);
 }
 
+enum class Result { values, lse };
+
 // out and the weights are in the dtype computed in, or in a 16-bit query's
 // own; the LSE in the dtype computed in.
 void check_result_buffer(const char* name, const OutputView& o, const Problem& p,
-                         const Dims& expected) {
+                         const Dims& expected, Result result = Result::values) {
   check_buffer(name, o.data, o.shape);
-  const bool narrowed = is_16_bit(p.q_dtype) && std::string_view(name) != "lse";
+  const bool narrowed = is_16_bit(p.q_dtype) && result == Result::values;
   if (o.dtype != p.dtype && !(narrowed && o.dtype == p.q_dtype))
     throw dtype_error(std::string(name) + " has dtype " + dtype_name(o.dtype) + " but the result is " +
                       (narrowed ? std::string(dtype_name(p.q_dtype)) + " (the query's dtype) or float32"
@@ -507,7 +510,7 @@ void check_packed_outputs(Problem& base, const OutputView& out, const Options& o
   base.out_dtype = out.dtype;
   base.out_rows = {0, base.Ev, base.Hq * base.Ev};
   if (options.lse) {
-    check_result_buffer("lse", *options.lse, base, {base.Hq, total_q});
+    check_result_buffer("lse", *options.lse, base, {base.Hq, total_q}, Result::lse);
     written.emplace_back("lse", extent_of("lse", *options.lse));
     if (written[0].second.overlaps(written[1].second))
       throw argument_error("lse overlaps out; the two outputs must not share memory");
@@ -799,7 +802,7 @@ MergePlan check_merge(const std::vector<TensorView>& outs, const std::vector<Ten
   check_result_buffer("out", out, typed, shape);
   std::vector<std::pair<const char*, Extent>> written{{"out", extent_of("out", out)}};
   if (lse) {
-    check_result_buffer("lse", *lse, typed, lse_shape);
+    check_result_buffer("lse", *lse, typed, lse_shape, Result::lse);
     written.emplace_back("lse", extent_of("lse", *lse));
     if (written[0].second.overlaps(written[1].second))
       throw argument_error("lse overlaps out; the two outputs must not share memory");
@@ -834,7 +837,7 @@ Problem check_attention(const TensorView& query, const TensorView& key, const Te
   if (options.lse) {
     const OutputView& lse = *options.lse;
     const Dims lse_shape(query.shape.begin(), query.shape.end() - 1);
-    check_result_buffer("lse", lse, p, lse_shape);
+    check_result_buffer("lse", lse, p, lse_shape, Result::lse);
     const Extent lse_extent = extent_of("lse", lse);
     check_no_overlap("lse", lse_extent, query, key, &value, options);
     if (lse_extent.overlaps(out_extent))

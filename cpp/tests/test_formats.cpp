@@ -121,8 +121,8 @@ TEST(formats, decode) {
 
 // A bfloat16 query (with bfloat16 keys and float16 values): out in float32
 // within float32's tolerance, out in bfloat16 within one rounding of it
-// (2^-9 of the largest value, twice over), the LSE float32; a float64 out
-// is refused before anything is written.
+// (2^-9 of the largest value, twice over), the LSE float32; a bfloat16
+// LSE or a float64 out is refused before anything is written.
 TEST(formats, bfloat16_query) {
   Sizes n;
   n.Hq = 4;
@@ -161,6 +161,13 @@ TEST(formats, bfloat16_query) {
       std::memcpy(&widened[i], &bits, sizeof bits);
     }
     CHECK_MATCH(widened, want.out, 4e-3);
+
+    std::vector<dotattn::bfloat16_t> lse16(want.lse.size(), dotattn::bfloat16_t{0x7fc0});
+    options.lse = dotattn::output(lse16.data(), {1, n.Hq, n.L});
+    expect_error<dotattn::dtype_error>(
+        [&] { dotattn::attention(query, key, value, dotattn::output(out.data(), out_shape), options); },
+        {"lse has dtype bfloat16 but the result is float32"});
+    CHECK(lse16[0].bits == 0x7fc0);
 
     std::vector<double> out64(want.out.size(), 7.0);
     expect_error<dotattn::dtype_error>(
