@@ -103,12 +103,7 @@ class MaskedScores {
       for (std::int64_t i = 0; i < rb_.rows; ++i) {
         const void* q = operand_row(p_, p_.q, p_.q_dtype, rb_.b, rb_.h0 + g, rb_.r0 + i);
         T* packed = q_ + (g * rb_.rows + i) * row_step;
-        if (p_.q_dtype == dtype_of<T>::value) {
-          const T* row = static_cast<const T*>(q);
-          for (std::int64_t e = 0; e < p_.E; ++e) packed[e * e_step] = row[e];
-        } else {
-          for (std::int64_t e = 0; e < p_.E; ++e) packed[e * e_step] = element_as<T>(p_.q_dtype, q, e);
-        }
+        for (std::int64_t e = 0; e < p_.E; ++e) packed[e * e_step] = element_as<T>(p_.q_dtype, q, e);
       }
   }
 
