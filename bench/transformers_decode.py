@@ -7,7 +7,8 @@ model with dotattn's custom op against eager.
         [--dtype float32 bfloat16] [--threads 2] [--compile-tokens 1024]
 
 Random weights (nothing is downloaded): 4 layers, hidden 512, 8 query and 2
-key/value heads of 64, MLP 1408, vocabulary 8192. The prompt is prefilled
+key/value heads of 64, MLP 1408, vocabulary 8192; `--sliding-window W`
+gives every layer a window of W (Mistral's architecture). The prompt is prefilled
 once per implementation (timed), then both decode from copies of the same
 cache, alternating in rounds: each round times `--tokens` greedy steps of
 each; the medians per step are compared. Attention's share is the time
@@ -51,8 +52,10 @@ def register():
         transformers.masking_utils.AttentionMaskInterface.register(f"timed-{name}", sdpa_mask)
 
 
-def model(dtype, max_positions):
-    config = transformers.LlamaConfig(
+def model(dtype, max_positions, window=None):
+    """The Llama-shaped model; with a window, Mistral's architecture (the
+    same layers, every one with that sliding window)."""
+    shape = dict(
         vocab_size=8192,
         hidden_size=512,
         intermediate_size=1408,
@@ -61,8 +64,13 @@ def model(dtype, max_positions):
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
     )
+    config = (
+        transformers.MistralConfig(**shape, sliding_window=window)
+        if window
+        else transformers.LlamaConfig(**shape)
+    )
     torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval().to(dtype)
+    return transformers.AutoModelForCausalLM.from_config(config).eval().to(dtype)
 
 
 def run(m, impl, **inputs):
@@ -88,7 +96,7 @@ def decode(m, impl, cache, token, steps):
 
 
 def bench_dtype(dtype, a):
-    m = model(dtype, a.prompt + a.tokens * (a.rounds + 1) + 8)
+    m = model(dtype, a.prompt + a.tokens * (a.rounds + 1) + 8, a.sliding_window)
     ids = torch.randint(0, 8192, (1, a.prompt), generator=torch.Generator().manual_seed(1))
     prefill, cache, first = {}, None, None
     for impl in ("sdpa", "dotattn"):
@@ -110,7 +118,8 @@ def bench_dtype(dtype, a):
         for impl in ("sdpa", "dotattn") if r % 2 == 0 else ("dotattn", "sdpa"):
             steps[impl] += decode(m, impl, cache, first, a.tokens)
     name = str(dtype).replace("torch.", "")
-    print(f"\n{name}: prompt {a.prompt}, {a.cache} cache, {a.tokens} steps x {a.rounds} rounds")
+    window = f", sliding window {a.sliding_window}" if a.sliding_window else ""
+    print(f"\n{name}: prompt {a.prompt}{window}, {a.cache} cache, {a.tokens} steps x {a.rounds} rounds")
     print("| impl | prefill s | attention share | decode tokens/s | attention share |")
     print("| --- | ---: | ---: | ---: | ---: |")
     rate = {}
@@ -166,6 +175,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtype", nargs="*", default=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--sliding-window",
+        type=int,
+        default=0,
+        metavar="W",
+        help="Mistral's architecture with a sliding window of W on every layer (0: Llama, no window)",
+    )
     ap.add_argument(
         "--cache",
         choices=["dynamic", "static"],

@@ -202,26 +202,42 @@ def test_torch_compile_traces_the_custom_op():
     torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
 
 
-def test_a_causal_mask_runs_as_the_causal_rule():
-    # transformers passes the causal rule as a boolean mask while
-    # torch.compile traces; dotattn.torch recognises it (and nothing else).
-    L, S = 7, 9
-    rule = np.tril(np.ones((L, S), bool))
-    assert dt._is_upper_left_causal(np.broadcast_to(rule, (2, 1, L, S)), L, S)
-    assert dt._is_upper_left_causal(np.tril(np.ones((9, 4), bool)), 9, 4)
-    assert not dt._is_upper_left_causal(np.tril(np.ones((L, S), bool), k=S - L), L, S)
-    assert not dt._is_upper_left_causal(np.stack([rule, rule])[:, None], L, S)  # not one plane
-    for flip in [(3, 0), (3, 5), (L - 1, S - 1)]:
+def band(L, S, left):
+    """Row i true at keys max(0, i - left) <= j <= i (left < 0: no window)."""
+    i, j = np.arange(L)[:, None], np.arange(S)[None, :]
+    return (j <= i) & ((j >= i - left) if left >= 0 else True)
+
+
+@pytest.mark.parametrize("left", [-1, 0, 3, 12])
+def test_a_causal_or_window_mask_runs_as_its_rule(left):
+    # transformers passes the causal rule (under torch.compile) and sliding
+    # windows as boolean masks; dotattn.torch recognises them, and nothing
+    # else, and runs them as rules.
+    L, S = 9, 11
+    rule = band(L, S, left)
+    assert dt._band_left(np.broadcast_to(rule, (2, 1, L, S)), L, S) == (left if left < L - 1 else -1)
+    q, k, v = layer_qkv(torch.float32, L=L, S=S)
+    got = dt.attention(q, k, v, attn_mask=torch.from_numpy(rule).expand(2, 1, L, S))
+    ref = dotattn.reference.attention(q.numpy(), k.numpy(), v.numpy(), attn_mask=rule)
+    assert_matches(got.numpy(), ref, np.float32)
+    for flip in [(3, 0), (3, 5), (L - 1, S - 1), (L - 1, L - 2)]:
         mask = rule.copy()
         mask[flip] = not mask[flip]
-        assert not dt._is_upper_left_causal(mask, L, S)
-        q, k, v = layer_qkv(torch.float32, L=L, S=S)
+        assert dt._band_left(mask, L, S) is None
         got = dt.attention(q, k, v, attn_mask=torch.from_numpy(mask))
         ref = dotattn.reference.attention(q.numpy(), k.numpy(), v.numpy(), attn_mask=mask)
         assert_matches(got.numpy(), ref, np.float32)
-    q, k, v = layer_qkv(torch.float32, L=L, S=S)
-    got = dt.attention(q, k, v, attn_mask=torch.from_numpy(rule).expand(2, 1, L, S))
-    assert torch.equal(got, dt.attention(q, k, v, is_causal=True))
+
+
+def test_other_masks_are_not_taken_for_rules():
+    L, S = 7, 9
+    assert dt._band_left(np.tril(np.ones((L, S), bool), k=S - L), L, S) is None  # lower right
+    assert dt._band_left(np.stack([band(L, S, 2)] * 2)[:, None], L, S) is None  # not one plane
+    assert dt._band_left(band(L, S, -1).astype(np.float32), L, S) is None
+    assert dt._band_left(band(9, 4, -1), 9, 4) is None  # rows past the keys
+    uneven = band(L, S, 2)
+    uneven[6, 3] = True  # row 6 starts a key early
+    assert dt._band_left(uneven, L, S) is None
 
 
 def test_import_dotattn_does_not_import_torch():

@@ -134,6 +134,25 @@ def test_an_unpadded_prompt_takes_the_causal_rule_without_a_mask(monkeypatch):
     assert torch.equal(got.sequences, generate(model, "sdpa", ids[1:], None).sequences)
 
 
+def test_an_unpadded_sliding_window_runs_as_a_rule(monkeypatch):
+    # Batch 1, no padding, a prompt longer than the window: transformers
+    # passes the window as a boolean mask, which dotattn.torch runs as the
+    # rule (window (WINDOW - 1, 0), causal); the tokens stay sdpa's.
+    model = small_model("qwen2")
+    ids, _ = left_padded_batch(pad=0)
+    rules = []
+    band_left = dt._band_left
+
+    def spy(mask, L, S):
+        rules.append(band_left(mask, L, S))
+        return rules[-1]
+
+    monkeypatch.setattr(dt, "_band_left", spy)
+    got = generate(model, "dotattn", ids[1:], None)
+    assert WINDOW - 1 in rules
+    assert torch.equal(got.sequences, generate(model, "sdpa", ids[1:], None).sequences)
+
+
 def test_padding_is_honoured():
     # The same prompt alone and left-padded beside another: the same tokens.
     model = small_model("llama")

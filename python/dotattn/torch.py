@@ -120,25 +120,37 @@ def _window_sides(window: Any) -> tuple[int, int]:
     return (-1, -1) if sides is None else sides
 
 
-def _is_upper_left_causal(mask: NDArray[Any] | None, L: int, S: int) -> bool:
+def _band_left(mask: NDArray[Any] | None, L: int, S: int) -> int | None:
     """Whether a boolean mask, the same for every batch and head, is the
-    causal rule alone (row i true exactly at keys j <= i): transformers
-    builds that mask rather than passing None while torch.compile traces,
-    and the causal rule skips the keys past each block's diagonal where a
-    mask has them computed and then masked (measured: the prompt of a
+    causal rule alone or with a sliding window: row i true exactly at keys
+    max(0, i - left) <= j <= i. Returns left (-1: no window), or None when
+    it is any other mask.
+
+    transformers passes these rules as such masks: the causal rule while
+    torch.compile traces (rather than None), and a sliding window (Mistral,
+    Qwen2, Gemma 2) whenever the keys outnumber it. Run as rules, they skip
+    the keys past the diagonal and outside the window, where a mask has
+    every key computed and then masked (measured: the prompt of a
     Llama-shaped model, 1024 tokens, attention 185 ms with the mask against
-    94 with the rule). One pass over one (L, S) plane; the other batches
+    94 with the rule). Three passes over one (L, S) plane; the other batches
     and heads must be that plane through a zero stride."""
     if mask is None or mask.dtype != np.bool_ or mask.ndim < 2 or mask.shape[-2:] != (L, S) or L < 2:
-        return False
+        return None
     if any(n > 1 and stride != 0 for n, stride in zip(mask.shape[:-2], mask.strides[:-2])):
-        return False
+        return None
     plane = mask[(0,) * (mask.ndim - 2)]
-    seen = np.minimum(np.arange(1, L + 1), S)
-    # Row i holds min(i + 1, S) trues, and the first false (if any) is at i + 1.
-    if not np.array_equal(plane.sum(axis=1), seen):
-        return False
-    return bool(np.all((seen == S) | (np.argmin(plane, axis=1) == seen)))
+    rows = np.arange(L)
+    first = plane.argmax(axis=1)  # the first true (0 where there is none)
+    last = S - 1 - plane[:, ::-1].argmax(axis=1)
+    # Every row's trues: one run, ending on the diagonal.
+    if not (np.array_equal(plane.sum(axis=1), last - first + 1) and np.array_equal(last, rows)):
+        return None  # (L <= S here: a row past the keys would end before its diagonal)
+    starts = rows - first
+    cut = first > 0  # rows whose window, not key 0, bounds them
+    if not cut.any():
+        return -1
+    left = int(starts[cut][0])
+    return left if bool(np.all(starts[cut] == left) and np.all(starts[~cut] <= left)) else None
 
 
 def _numpy_rules(is_causal: str, window_left: int, window_right: int) -> tuple[Any, Any]:
@@ -209,8 +221,9 @@ def _attend(
     mask = _optional(attn_mask, "attn_mask")
     # Without a window or ALiBi: those place rows by the causal alignment.
     positional = window_left != -1 or window_right != -1 or alibi_slopes is not None
-    if is_causal == "none" and not positional and _is_upper_left_causal(mask, query.shape[-2], key.shape[-2]):
-        mask, is_causal = None, "upper_left"
+    left = None if is_causal != "none" or positional else _band_left(mask, query.shape[-2], key.shape[-2])
+    if left is not None:
+        mask, is_causal, window_left, window_right = None, "upper_left", left, -1
     causal, window = _numpy_rules(is_causal, window_left, window_right)
     result = _api.attention(
         _numpy(query, "query"),
