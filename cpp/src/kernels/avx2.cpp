@@ -6,7 +6,10 @@
 
 namespace dotattn::kernels {
 
-VecAvx2F32::R VecAvx2F32::exp(R x) { return exp_negative<VecAvx2F32>(x); }
+template <int K>
+void VecAvx2F32::exp(R (&x)[K]) {
+  exp_negative<VecAvx2F32>(x);
+}
 VecAvx2F32::R VecAvx2F32::tanh(R x) { return tanh_rational<VecAvx2F32>(x); }
 
 const BlockKernels<float> avx2_f32 = BlockKernelsFor<VecAvx2F32>::table("avx2");

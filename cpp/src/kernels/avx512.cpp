@@ -6,7 +6,10 @@
 
 namespace dotattn::kernels {
 
-VecAvx512F32::R VecAvx512F32::exp(R x) { return exp_negative<VecAvx512F32>(x); }
+template <int K>
+void VecAvx512F32::exp(R (&x)[K]) {
+  exp_negative<VecAvx512F32>(x);
+}
 VecAvx512F32::R VecAvx512F32::tanh(R x) { return tanh_rational<VecAvx512F32>(x); }
 
 const BlockKernels<float> avx512_f32 = BlockKernelsFor<VecAvx512F32>::table("avx512");

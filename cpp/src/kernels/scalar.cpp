@@ -13,8 +13,9 @@ using VecPortableF32 = VecPortable<float, std::int32_t>;
 using VecPortableF64 = VecPortable<double, std::int64_t>;
 
 template <>
-VecPortableF32::R VecPortableF32::exp(R x) {
-  return exp_negative<VecPortableF32>(x);
+template <int K>
+void VecPortableF32::exp(R (&x)[K]) {
+  exp_negative<VecPortableF32>(x);
 }
 
 template <>
@@ -24,9 +25,10 @@ VecPortableF32::R VecPortableF32::tanh(R x) {
 
 // The float32 polynomials are not accurate enough for float64's tolerance.
 template <>
-VecPortableF64::R VecPortableF64::exp(R x) {
-  for (std::int64_t i = 0; i < N; ++i) x[i] = std::exp(x[i]);
-  return x;
+template <int K>
+void VecPortableF64::exp(R (&x)[K]) {
+  for (int k = 0; k < K; ++k)
+    for (std::int64_t i = 0; i < N; ++i) x[k][i] = std::exp(x[k][i]);
 }
 
 template <>

@@ -62,7 +62,8 @@ struct VecAvx2F32 {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(static_cast<const __m128i*>(
         static_cast<const void*>(p)))));
   }
-  static R exp(R x);
+  template <int K>
+  static void exp(R (&x)[K]);
   static R tanh(R x);
 };
 

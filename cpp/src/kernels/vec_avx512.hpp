@@ -54,7 +54,8 @@ struct VecAvx512F32 {
     return _mm512_cvtepi32_ps(
         _mm512_cvtepi8_epi32(_mm_loadu_si128(static_cast<const __m128i*>(static_cast<const void*>(p)))));
   }
-  static R exp(R x);
+  template <int K>
+  static void exp(R (&x)[K]);
   static R tanh(R x);
 };
 

@@ -77,7 +77,8 @@ struct VecPortable {
     for (std::int64_t i = 0; i < N; ++i) x[i] = static_cast<T>(p[i]);
     return x;
   }
-  static R exp(R x);
+  template <int K>
+  static void exp(R (&x)[K]);
   static R tanh(R x);
 };
 
