@@ -168,7 +168,8 @@ def _run(*args: Any) -> torch.Tensor:
     0.15 ms without)."""
     if torch.compiler.is_compiling():
         return torch.ops.dotattn.attention(*args)  # type: ignore[no-any-return]
-    return _attend(*args)
+    result: torch.Tensor = _attend(*args)
+    return result
 
 
 @torch.library.custom_op("dotattn::attention", mutates_args=())
@@ -188,7 +189,7 @@ def _attention_op(
 ) -> torch.Tensor:
     """The custom op behind attention(): every argument spelled out, the
     causal rule by name and the window as two ints."""
-    return _attend(
+    result: torch.Tensor = _attend(
         query,
         key,
         value,
@@ -202,6 +203,7 @@ def _attention_op(
         sinks,
         out_dtype,
     )
+    return result
 
 
 def _attend(
@@ -217,7 +219,11 @@ def _attend(
     alibi_slopes: torch.Tensor | None,
     sinks: torch.Tensor | None,
     out_dtype: torch.dtype | None,
-) -> torch.Tensor:
+    out: torch.Tensor | None = None,
+    return_lse: bool = False,
+) -> Any:
+    """attention() in eager mode and the custom op's implementation: its
+    result as a tensor over what dotattn wrote, or (out, lse)."""
     mask = _optional(attn_mask, "attn_mask")
     # Without a window or ALiBi: those place rows by the causal alignment.
     positional = window_left != -1 or window_right != -1 or alibi_slopes is not None
@@ -225,7 +231,7 @@ def _attend(
     if left is not None:
         mask, is_causal, window_left, window_right = None, "upper_left", left, -1
     causal, window = _numpy_rules(is_causal, window_left, window_right)
-    result = _api.attention(
+    result, lse = _api.attention(
         _numpy(query, "query"),
         _numpy(key, "key"),
         _numpy(value, "value"),
@@ -236,9 +242,12 @@ def _attend(
         softcap=softcap,
         alibi_slopes=_optional(alibi_slopes, "alibi_slopes"),
         sinks=_optional(sinks, "sinks"),
+        out=_optional(out, "out"),
         out_dtype=_numpy_dtype(out_dtype),
+        return_lse=True,
     )
-    return _tensor(result)
+    result_tensor = out if out is not None else _tensor(result)
+    return (result_tensor, _tensor(lse)) if return_lse else result_tensor
 
 
 @_attention_op.register_fake
@@ -309,24 +318,22 @@ def attention(
         return _run(
             query, key, value, attn_mask, causal, scale, left, right, softcap, alibi_slopes, sinks, out_dtype
         )
-    causal_rule, window_sides = _numpy_rules(causal, left, right)
-    result = _api.attention(
-        _numpy(query, "query"),
-        _numpy(key, "key"),
-        _numpy(value, "value"),
-        attn_mask=_optional(attn_mask, "attn_mask"),
-        is_causal=causal_rule,
-        scale=scale,
-        window=window_sides,
-        softcap=softcap,
-        alibi_slopes=_optional(alibi_slopes, "alibi_slopes"),
-        sinks=_optional(sinks, "sinks"),
-        out=_optional(out, "out"),
-        out_dtype=_numpy_dtype(out_dtype),
-        return_lse=True,
+    return _attend(
+        query,
+        key,
+        value,
+        attn_mask,
+        causal,
+        scale,
+        left,
+        right,
+        softcap,
+        alibi_slopes,
+        sinks,
+        out_dtype,
+        out=out,
+        return_lse=return_lse,
     )
-    result_tensor = out if out is not None else _tensor(result[0])
-    return (result_tensor, _tensor(result[1])) if return_lse else result_tensor
 
 
 def _packed_call(function: Any, name: str, tensors: dict[str, Any], options: dict[str, Any]) -> Any:
