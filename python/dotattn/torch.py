@@ -246,8 +246,7 @@ def _attend(
         out_dtype=_numpy_dtype(out_dtype),
         return_lse=True,
     )
-    result_tensor = out if out is not None else _tensor(result)
-    return (result_tensor, _tensor(lse)) if return_lse else result_tensor
+    return _results(out, result, lse, return_lse)
 
 
 @_attention_op.register_fake
@@ -336,23 +335,37 @@ def attention(
     )
 
 
-def _packed_call(function: Any, name: str, tensors: dict[str, Any], options: dict[str, Any]) -> Any:
+def _results(out: torch.Tensor | None, result: NDArray[Any], lse: NDArray[Any], return_lse: bool) -> Any:
+    """The result as a tensor (out itself where given), with the LSE if asked."""
+    result_tensor = out if out is not None else _tensor(result)
+    return (result_tensor, _tensor(lse)) if return_lse else result_tensor
+
+
+def _packed_call(
+    function: Any,
+    name: str,
+    tensors: dict[str, Any],
+    *,
+    alibi_slopes: Any,
+    sinks: Any,
+    out: Any,
+    out_dtype: Any,
+    return_lse: bool,
+    **rules: Any,
+) -> Any:
     """function (attention_varlen or attention_paged) on the NumPy views of
     `tensors` (given in its positional order), the result as tensors."""
-    _check_tensors(name, **tensors, alibi_slopes=options["alibi_slopes"], sinks=options["sinks"])
-    out = options.pop("out")
-    arrays = [_optional(t, n) for n, t in tensors.items()]
-    result = function(
-        *arrays,
-        alibi_slopes=_optional(options.pop("alibi_slopes"), "alibi_slopes"),
-        sinks=_optional(options.pop("sinks"), "sinks"),
+    _check_tensors(name, **tensors, alibi_slopes=alibi_slopes, sinks=sinks)
+    result, lse = function(
+        *[_optional(t, n) for n, t in tensors.items()],
+        alibi_slopes=_optional(alibi_slopes, "alibi_slopes"),
+        sinks=_optional(sinks, "sinks"),
         out=_optional(out, "out"),
-        out_dtype=_numpy_dtype(options.pop("out_dtype")),
-        **options,
+        out_dtype=_numpy_dtype(out_dtype),
+        return_lse=True,
+        **rules,
     )
-    if options["return_lse"]:
-        return (out if out is not None else _tensor(result[0])), _tensor(result[1])
-    return out if out is not None else _tensor(result)
+    return _results(out, result, lse, return_lse)
 
 
 def attention_varlen(
@@ -385,17 +398,15 @@ def attention_varlen(
             "cu_seqlens_q": cu_seqlens_q,
             "cu_seqlens_k": cu_seqlens_k,
         },
-        {
-            "is_causal": is_causal,
-            "scale": scale,
-            "window": window,
-            "softcap": softcap,
-            "alibi_slopes": alibi_slopes,
-            "sinks": sinks,
-            "out": out,
-            "out_dtype": out_dtype,
-            "return_lse": return_lse,
-        },
+        is_causal=is_causal,
+        scale=scale,
+        window=window,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        sinks=sinks,
+        out=out,
+        out_dtype=out_dtype,
+        return_lse=return_lse,
     )
 
 
@@ -431,17 +442,15 @@ def attention_paged(
             "seq_lens_k": seq_lens_k,
             "cu_seqlens_q": cu_seqlens_q,
         },
-        {
-            "is_causal": is_causal,
-            "scale": scale,
-            "window": window,
-            "softcap": softcap,
-            "alibi_slopes": alibi_slopes,
-            "sinks": sinks,
-            "out": out,
-            "out_dtype": out_dtype,
-            "return_lse": return_lse,
-        },
+        is_causal=is_causal,
+        scale=scale,
+        window=window,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        sinks=sinks,
+        out=out,
+        out_dtype=out_dtype,
+        return_lse=return_lse,
     )
 
 
