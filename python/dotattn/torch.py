@@ -39,8 +39,6 @@ __all__ = [
     "transformers_attention",
 ]
 
-_CAUSAL = ("none", "upper_left", "lower_right")
-
 
 def _bfloat16() -> Any:
     try:
@@ -103,14 +101,9 @@ def _check_tensors(function: str, **tensors: Any) -> None:
 
 
 def _causal_name(is_causal: Any) -> str:
-    """is_causal as the custom op's string (the NumPy API checks the same
-    values and names)."""
-    if isinstance(is_causal, (bool, np.bool_)):
-        return "upper_left" if is_causal else "none"
-    if isinstance(is_causal, str) and is_causal in _CAUSAL[1:]:
-        return is_causal
-    message = f"is_causal must be False, True, 'upper_left' or 'lower_right'; got {is_causal!r}"
-    raise (ValueError if isinstance(is_causal, str) else TypeError)(message)
+    """is_causal as the custom op's string: the name of the NumPy API's
+    causal rule, which checks the value."""
+    return str(_api._causal(is_causal).name)
 
 
 def _window_sides(window: Any) -> tuple[int, int]:
@@ -489,13 +482,8 @@ def transformers_attention(
     if kwargs.get("position_bias") is not None:
         raise ValueError("dotattn does not take a position_bias; use the 'sdpa' or 'eager' implementation")
     _check_tensors("transformers_attention", query=query, key=key, value=value)
-    causal = "none"
-    if attention_mask is None and query.shape[2] > 1:
-        causal = (
-            "upper_left"
-            if (getattr(module, "is_causal", True) if is_causal is None else is_causal)
-            else "none"
-        )
+    wants_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    causal = "upper_left" if attention_mask is None and query.shape[2] > 1 and wants_causal else "none"
     sinks = None if s_aux is None else s_aux.detach().to(torch.float32)
     out = _run(query, key, value, attention_mask, causal, scaling, -1, -1, softcap, None, sinks, None)
     return out.transpose(1, 2).contiguous(), None
