@@ -38,15 +38,37 @@ def rng(request) -> np.random.Generator:
 
 # Every kernel set dotattn carries, best first. Test modules that compute run
 # once per set (pytestmark = pytest.mark.usefixtures("isa")); a set this CPU
-# lacks is skipped, with the reason in the summary (pytest -rs).
-ISAS = ["avx512", "avx2", "scalar"]
+# lacks, or this build, is skipped, with the reason in the summary (pytest
+# -rs). avx512_emulated, the avx512 kernels through SIMDe on AVX2, is in
+# test builds only (cmake -DDOTATTN_EMULATED_AVX512=ON; .ci/emulated_avx512.sh).
+ISAS = ["avx512", "avx2", "avx512_emulated", "scalar"]
+# DOTATTN_TEST_ISAS=name,...: the per-set tests run on those sets only (as
+# .ci/emulated_avx512.sh runs them on avx512_emulated, with DOTATTN_ISA
+# naming it for the rest).
+_ONLY = [name for name in os.environ.get("DOTATTN_TEST_ISAS", "").split(",") if name]
+if set(_ONLY) - set(ISAS):
+    raise ValueError(f"DOTATTN_TEST_ISAS: {sorted(set(_ONLY) - set(ISAS))} not among {ISAS}")
 
 
-@pytest.fixture(params=ISAS)
+def isa_built(name: str) -> bool:
+    """Whether this build has the kernel set `name` (supported here or not):
+    set_isa refuses one it lacks as an "unknown ISA"."""
+    if name in dotattn.supported_isas():
+        return True
+    try:
+        dotattn.set_isa(name)  # not supported here, so it raises and changes nothing
+    except ValueError as error:
+        return "unknown ISA" not in str(error)
+    raise AssertionError(f"set_isa({name!r}) took a set supported_isas() does not list")
+
+
+@pytest.fixture(params=[name for name in ISAS if not _ONLY or name in _ONLY])
 def isa(request):
     """Runs the test with float32 on the kernel set request.param."""
     name = request.param
     supported = dotattn.supported_isas()
+    if not isa_built(name):
+        pytest.skip(f"{name} kernels not run: not in this build (test-only: -DDOTATTN_EMULATED_AVX512=ON)")
     if name not in supported:
         pytest.skip(f"{name} kernels not run: this CPU supports only {', '.join(supported)}")
     before = dotattn.get_isa()

@@ -158,3 +158,54 @@ def test_bench_with_torch(tmp_path):
     assert report["torch"] and report["threads"] == 2
     timing = report["shapes"][0]["systems"]["torch"]
     assert len(timing["samples_s"]) == 2 and timing["median_s"] > 0
+
+
+def test_bench_kernels(capsys, monkeypatch, no_pauses):
+    """--kernels: a line per kernel set and tile width, then the whole calls
+    on each set, with the figures in range."""
+    from dotattn import _bench_kernels
+
+    small = [_bench.Shape("small", 1, 2, 2, 40, 40, 16), _bench.Shape("small_decode", 1, 4, 2, 1, 300, 32)]
+    monkeypatch.setattr(_bench_kernels, "WHOLE_CALLS", small)
+    monkeypatch.setattr(_bench_kernels, "TILE_SECONDS", 0.005)
+    options = ["--kernels", "--repeat", "1", "--flush-mib", "4", "--stream-mib", "4", "--sgemm-size", "64"]
+    assert main(["bench", *options, "--no-torch"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    isas = [isa for isa in dotattn.supported_isas() if isa != "avx512_emulated"]
+    tiles = [line.split() for line in lines if line.split()[:1] and line.split()[0] in isas]
+    assert [(row[0], row[1]) for row in tiles[: 2 * len(isas)]] == [(i, e) for i in isas for e in ("64", "128")]
+    for row in tiles[: 2 * len(isas)]:
+        peak, score, pv, softmax = float(row[2]), float(row[3]), float(row[5]), float(row[7])
+        assert min(peak, score, pv, softmax) > 0
+    calls = tiles[2 * len(isas):]
+    assert [(row[0], row[1]) for row in calls] == [(i, s.name) for s in small for i in isas]
+    for row in calls:
+        assert float(row[2]) > 0 and row[-1].endswith("%")
+
+
+def test_tune(capsys, monkeypatch):
+    """tune sweeps the parameters asked for on small shapes, prints a table
+    ready to paste, and leaves the kernel set's table as it found it."""
+    from dotattn import _tune
+
+    monkeypatch.setattr(_tune, "PREFILL", [_tune.TuneShape("p", 1, 2, 2, 40, 60, 16)])
+    monkeypatch.setattr(_tune, "DECODE", [_tune.TuneShape("d", 1, 4, 2, 1, 600, 32, kv_dtype="int8")])
+    isa = dotattn.get_isa()
+    before = dotattn._core.get_tuning(isa)
+    options = ["--only", "row_block", "value_chunk_bytes", "--rounds", "1", "--flush-mib", "4"]
+    assert main(["tune", *options]) == 0
+    out = capsys.readouterr().out
+    assert "row_block (prefill)" in out and "value_chunk_bytes (decode, cold)" in out
+    assert "key_bytes_ahead" not in out
+    [best] = [line for line in out.splitlines() if line.startswith(f"best table for {isa}: ")]
+    assert best.split(": ", 1)[1].startswith("static constexpr Tuning kTuning{") and best.endswith("};")
+    assert "gain over the current table, prefill" in out and "gain over the current table, decode" in out
+    assert dotattn._core.get_tuning(isa) == before and dotattn.get_isa() == isa
+
+
+@pytest.mark.parametrize("options", [["--isa", "nonsense"], ["--rounds", "0"], ["--only", "nonsense"]])
+def test_tune_rejects_bad_options(options, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", *options])
+    assert exit_info.value.code == 2
+    assert options[0] in capsys.readouterr().err

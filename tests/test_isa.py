@@ -9,10 +9,21 @@ import sys
 import dotattn
 import numpy as np
 import pytest
-from conftest import DTYPES, ISAS, assert_matches, check_attention, check_weights, qkv
+from conftest import (
+    DTYPES,
+    ISAS,
+    KV_FORMATS,
+    assert_matches,
+    check_attention,
+    check_weights,
+    isa_built,
+    qkv,
+    stored,
+)
 
 SUPPORTED = dotattn.supported_isas()
-UNSUPPORTED = [name for name in ISAS if name not in SUPPORTED]
+# Sets this build has but this CPU lacks (set_isa says "does not support").
+UNSUPPORTED = [name for name in ISAS if name not in SUPPORTED and isa_built(name)]
 
 
 @pytest.fixture
@@ -257,3 +268,100 @@ def test_kernel_sets_agree(rng, restore_isa, dtype, mask_kind, shape):
                 np.testing.assert_array_equal(a, b, err_msg=f"float64 differs under {name}")
             else:
                 assert_matches(a, b.astype(np.float64), dtype)
+
+
+# --- avx512_emulated is avx512, bit for bit ---------------------------------------
+
+# (Hq, Hkv, L, S, E, Ev): sizes at the 16-lane boundaries (15, 16, 17, 31, 33,
+# 127, 129) in every place, few rows (the dot-product kernels; L = 1 is
+# decoding) and many (the tiles), GQA, a split-K one (S >= 1024, few rows),
+# and multiples of 16 and 32 for the int8 groups below.
+EMULATED_SHAPES = [
+    (2, 1, 1, 129, 16, 17),
+    (2, 2, 15, 33, 17, 15),
+    (1, 1, 17, 127, 31, 33),
+    (2, 1, 31, 17, 33, 31),
+    (1, 1, 33, 16, 127, 129),
+    (2, 2, 129, 31, 15, 127),
+    (4, 2, 3, 1041, 129, 16),
+    (2, 1, 16, 129, 96, 48),
+    (1, 1, 1, 1025, 64, 160),
+]
+# KV_FORMATS (int8: groups of 32 where 32 divides the row), and groups of 16,
+# which no P·V panel holds whole (scales lane by lane).
+EMULATED_FORMATS = [*KV_FORMATS, "int8_group16"]
+
+
+def stored_as(x, fmt):
+    if fmt == "int8_group16":
+        return dotattn.quantize_kv(x, group=16 if x.shape[-1] % 16 == 0 else x.shape[-1])
+    return stored(x, fmt)
+
+
+def paged_caches(rng, k, v, page_size):
+    """k (B, Hkv, S, E) and v (B, Hkv, S, Ev) in pages of page_size slots, in
+    random order, with a spare page and the free slots random too:
+    (key_cache, value_cache, block_table), vLLM's layout."""
+    B, Hkv, S, _ = k.shape
+    per_seq = -(-S // page_size)
+    num_pages = B * per_seq + 1
+    table = rng.permutation(num_pages)[: B * per_seq].reshape(B, per_seq).astype(np.int32)
+    caches = []
+    for x in (k, v):
+        cache = rng.standard_normal((num_pages, page_size, Hkv, x.shape[-1])).astype(np.float32)
+        j = np.arange(S)
+        for b in range(B):
+            cache[table[b, j // page_size], j % page_size] = x[b].transpose(1, 0, 2)
+        caches.append(cache)
+    return caches[0], caches[1], table
+
+
+def bits(a):
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+@pytest.mark.skipif(
+    not {"avx512", "avx512_emulated"} <= set(SUPPORTED),
+    reason="needs avx512 and avx512_emulated both (AVX-512 and -DDOTATTN_EMULATED_AVX512=ON)",
+)
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("fmt", EMULATED_FORMATS)
+@pytest.mark.parametrize("shape", EMULATED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_emulated_avx512_is_avx512_bit_for_bit(rng, restore_isa, shape, fmt, layout):
+    """The same kernels, compiled for AVX-512 and through SIMDe on AVX2, run
+    the same float operations lane by lane in the same order (each SIMDe
+    intrinsic they use is exact, kernels/avx512_emulated.cpp), so every
+    output and LSE bit agrees: contiguous and paged, every K/V format."""
+    Hq, Hkv, L, S, E, Ev = shape
+    B = 2
+    q, k, v = qkv(rng, np.float32, batch=(B,), Hq=Hq, Hkv=Hkv, L=L, S=S, E=E, Ev=Ev)
+    if layout == "contiguous":
+        ks, vs = stored_as(k, fmt), stored_as(v, fmt)
+        calls = {
+            "plain": lambda: dotattn.attention(q, ks, vs, return_lse=True),
+            "causal": lambda: dotattn.attention(q, ks, vs, is_causal="lower_right", return_lse=True),
+        }
+        if fmt == "float32":
+            calls["weights"] = lambda: (dotattn.attention_weights(q, k, is_causal=True),)
+    else:
+        kc, vc, table = paged_caches(rng, k, v, 16 if S % 2 else 7)
+        kcs, vcs = stored_as(kc, fmt), stored_as(vc, fmt)
+        qp = q.transpose(0, 2, 1, 3).reshape(B * L, Hq, E)
+        cu_q = np.arange(0, B * L + 1, L, dtype=np.int32)
+        lens = np.full(B, S, np.int32)
+        calls = {
+            "paged": lambda: dotattn.attention_paged(qp, kcs, vcs, table, lens, cu_q, return_lse=True),
+            "paged causal": lambda: dotattn.attention_paged(
+                qp, kcs, vcs, table, lens, cu_q, is_causal=True, return_lse=True
+            ),
+        }
+    for what, call in calls.items():
+        dotattn.set_isa("avx512")
+        native = call()
+        dotattn.set_isa("avx512_emulated")
+        emulated = call()
+        for a, b in zip(native, emulated):
+            assert a.dtype == b.dtype == np.float32
+            np.testing.assert_array_equal(
+                bits(b), bits(a), err_msg=f"{what}: avx512_emulated differs from avx512"
+            )

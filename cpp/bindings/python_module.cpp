@@ -307,6 +307,55 @@ std::uint64_t stream_read(const py::array& a) {
   return dotattn::stream_read(a.data(), bytes);
 }
 
+py::dict kernel_rates(const std::string& isa, std::int64_t rows, std::int64_t keys, std::int64_t E,
+                      double seconds) {
+  dotattn::KernelRates r;
+  {
+    py::gil_scoped_release unlocked;
+    r = dotattn::kernel_rates(isa, rows, keys, E, seconds);
+  }
+  py::dict d;
+  d["isa"] = r.isa;
+  d["peak_gflops"] = r.peak_gflops;
+  d["score_gflops"] = r.score_gflops;
+  d["pv_gflops"] = r.pv_gflops;
+  d["softmax_gscores"] = r.softmax_gscores;
+  return d;
+}
+
+// The fields of dotattn::Tuning, in order, for get_tuning / set_tuning.
+constexpr std::pair<const char*, std::int64_t dotattn::Tuning::*> kTuningFields[] = {
+    {"row_block", &dotattn::Tuning::row_block},
+    {"key_block_bytes", &dotattn::Tuning::key_block_bytes},
+    {"min_split_keys", &dotattn::Tuning::min_split_keys},
+    {"key_bytes_ahead", &dotattn::Tuning::key_bytes_ahead},
+    {"value_bytes_ahead", &dotattn::Tuning::value_bytes_ahead},
+    {"value_chunk_bytes", &dotattn::Tuning::value_chunk_bytes},
+};
+
+py::dict get_tuning(const std::string& isa) {
+  const dotattn::Tuning t = dotattn::get_tuning(isa);
+  py::dict d;
+  for (const auto& [name, field] : kTuningFields) d[name] = t.*field;
+  return d;
+}
+
+// Fields left out keep their values; an unknown one is refused.
+void set_tuning(const std::string& isa, const py::dict& values) {
+  dotattn::Tuning t = dotattn::get_tuning(isa);
+  for (const auto& [key, value] : values) {
+    const std::string name = py::str(key);
+    bool known = false;
+    for (const auto& [field_name, field] : kTuningFields)
+      if (name == field_name) {
+        t.*field = value.cast<std::int64_t>();
+        known = true;
+      }
+    if (!known) throw dotattn::argument_error("set_tuning: unknown parameter \"" + name + "\"");
+  }
+  dotattn::set_tuning(isa, t);
+}
+
 py::dict runtime_info() {
   const dotattn::RuntimeInfo info = dotattn::runtime_info();
   py::dict d;
@@ -379,6 +428,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("quantize_int8", &quantize_int8, py::arg("x").noconvert(), py::arg("data").noconvert(),
         py::arg("scale").noconvert());
   m.def("stream_read", &stream_read, py::arg("a").noconvert());
+  m.def("get_tuning", &get_tuning, py::arg("isa"));
+  m.def("set_tuning", &set_tuning, py::arg("isa"), py::arg("values"));
+  m.def("kernel_rates", &kernel_rates, py::arg("isa"), py::arg("rows"), py::arg("keys"), py::arg("E"),
+        py::arg("seconds"));
   m.def("get_num_threads", &dotattn::get_num_threads);
   m.def("set_num_threads", &dotattn::set_num_threads, py::arg("n"));
   m.def("supported_isas", &dotattn::supported_isas);

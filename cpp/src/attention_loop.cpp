@@ -107,8 +107,8 @@ RowState<T> attend(const Problem& p, const kernels::BlockKernels<T>& kern, const
   const std::int64_t end = std::min(begin + count, scores.key_end());
   for (std::int64_t j0 = begin; j0 < end; j0 += blk.keys) {
     const std::int64_t keys = std::min(blk.keys, end - j0);
-    scores.compute(j0, keys, t.st);
-    const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s);
+    const bool have_max = scores.compute(j0, keys, t.st, s.block_max);
+    const T smallest = fold_block(kern, t.st, keys, blk.tile_rows, rows, p.Ev, s, have_max);
     accumulate_block(p, kern, blk, scores.few_rows(), values, j0, keys, t.st, rb.kv_rows(p),
                      smallest, s.acc, t);
   }
@@ -231,7 +231,7 @@ template <class T>
 void attention_loop(const Problem* problems, std::size_t count) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
   const auto blocking = [&](const Problem& p, std::int64_t call_row_items) {
-    return choose_blocking(p, sizeof(T), kern.row_multiple, kern.dot_rows, Purpose::attention,
+    return choose_blocking(p, sizeof(T), kern.row_multiple, kern.key_multiple, kern.dot_rows, *kern.tuning, Purpose::attention,
                            call_row_items);
   };
   std::int64_t call_row_items = 0;

@@ -61,34 +61,43 @@ class MaskedScores {
 
   // st[j][t] (j < keys, t < tile_rows, leading dimension tile_rows) for keys
   // [j0, j0 + keys): the scaled scores with the mask and the causal rule
-  // applied (and the scores adjusted by softcap and ALiBi).
-  void compute(std::int64_t j0, std::int64_t keys, T* st) const {
+  // applied (and the scores adjusted by softcap and ALiBi). Where the score
+  // tile's scores are final (many rows, and nothing of the above changes
+  // them in this block), their row maxima too, into row_max (tile_rows;
+  // may be null), and returns true: the block's max then needs no pass of
+  // its own.
+  bool compute(std::int64_t j0, std::int64_t keys, T* st, T* row_max) const {
+    const bool crosses_edge =
+        visible_.active && (j0 + keys > key_end(0) || j0 < key_begin(rb_.rows - 1));
+    const bool final_scores = row_max && !by_rows_ && !(p_.softcap > 0) && !slope_ &&
+                              !crosses_edge && p_.mask_kind == MaskKind::none;
     if (by_rows_)
       kern_.score_rows(q_, p_.E, rb_.kv_rows(p_), keys_.stored_from(j0), keys, p_.E, scale_, st,
                        tile_rows_);
     else
-      score_runs(j0, keys, st);
+      score_runs(j0, keys, st, final_scores ? row_max : nullptr);
+    if (final_scores) return true;
     if (p_.softcap > 0) kern_.soft_cap(st, tile_rows_, keys, tile_rows_, static_cast<T>(p_.softcap));
     if (slope_) kern_.add_distance_bias(st, tile_rows_, keys, tile_rows_, slope_, position_, j0);
     const TileStrides ts{1, tile_rows_};
-    const bool crosses_edge =
-        visible_.active && (j0 + keys > key_end(0) || j0 < key_begin(rb_.rows - 1));
     for (std::int64_t g = 0; g < rb_.heads; ++g) {
       T* head = st + g * rb_.rows;
       mask_tile(mask_rows(p_, rb_.b, rb_.h0 + g, rb_.r0), rb_.rows, j0, keys, head, ts);
       if (crosses_edge) mask_outside(visible_, rb_.r0, rb_.rows, j0, keys, head, ts);
     }
+    return false;
   }
 
  private:
   // The scaled scores of keys [j0, j0 + keys) for many rows: a tile per
   // run of evenly spaced rows (a page, in a paged cache).
-  void score_runs(std::int64_t j0, std::int64_t keys, T* st) const {
+  void score_runs(std::int64_t j0, std::int64_t keys, T* st, T* row_max) const {
+    if (row_max) std::fill(row_max, row_max + tile_rows_, kNegInf<T>);
     for (std::int64_t j = j0, next; j < j0 + keys; j = next) {
       next = keys_.run_end(j, j0 + keys);
       const auto k = keys_.block(0, j, next - j, widened_k_);
       kern_.score_tile(q_, tile_rows_, tile_rows_, k.data, k.stride, next - j, p_.E, scale_,
-                       st + (j - j0) * tile_rows_, tile_rows_);
+                       st + (j - j0) * tile_rows_, tile_rows_, row_max);
     }
   }
 

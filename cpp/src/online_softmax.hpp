@@ -47,11 +47,13 @@ struct RowState {
 
 // Folds the transposed score tile st (keys x tile_rows) into the state and
 // leaves the block's weights exp(s - m) in st, ready for the P·V step.
-// Returns the block's smallest weight.
+// Returns the block's smallest weight. have_max: s.block_max holds the
+// block's row maxima already (MaskedScores::compute found them).
 template <class T>
 T fold_block(const kernels::BlockKernels<T>& kern, T* st, std::int64_t keys,
-                std::int64_t tile_rows, std::int64_t rows, std::int64_t Ev, const RowState<T>& s) {
-  kern.block_max(st, tile_rows, keys, tile_rows, s.block_max);
+                std::int64_t tile_rows, std::int64_t rows, std::int64_t Ev, const RowState<T>& s,
+                bool have_max = false) {
+  if (!have_max) kern.block_max(st, tile_rows, keys, tile_rows, s.block_max);
   for (std::int64_t i = 0; i < tile_rows; ++i) {
     const T m_new = nan_max(s.m[i], s.block_max[i]);
     const bool nothing_seen = m_new == kNegInf<T>;

@@ -34,14 +34,15 @@ struct Blocking {
   std::int64_t items(const Problem& p) const { return row_items(p) * splits; }
 };
 
-// Row blocks of up to 96 rows (a whole number of the AVX2 and AVX-512
-// score and P·V tiles; 2% faster than 64 on the prefill shape, Zen 3).
-// Key blocks of keys x (E + Ev + tile_rows) within 64 KiB, which keeps the
-// score tile in L1 between the steps that read it (prefill on Zen 3, 2
-// threads: 147 GFLOP/s at 64 KiB, 135 at 128, 131 at 192). When there are
-// fewer than 64 row blocks, too few to keep many threads busy (decoding: one
-// row per head), the keys are split into ranges of at least 512 so that
-// there are up to 256 work items; the ranges are merged by their LSEs.
+// Row blocks of up to tuning.row_block rows. Key blocks of keys x (E + Ev
+// + tile_rows) within tuning.key_block_bytes, which keeps the score tile
+// in L1 between the steps that read it, a whole number of the score tile's
+// keys (key_multiple), so that no block ends on a narrower tile. When
+// there are fewer than 64 row blocks, too few to keep many threads busy
+// (decoding: one row per head), the keys are split into ranges of at
+// least tuning.min_split_keys so that there are up to 256 work items; the
+// ranges are merged by their LSEs. The values of each kernel set and why:
+// its vec_<isa>.hpp.
 //
 // Decoding against a paged cache (few rows per key/value head: at most
 // dot_rows, the kernels' few-rows limit), a row block takes every query
@@ -53,25 +54,26 @@ struct Blocking {
 // several problems (the sequences of a packed batch): many short
 // sequences keep the threads busy without splitting any of them.
 inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
-                                std::int64_t row_multiple, std::int64_t dot_rows, Purpose purpose,
-                                std::int64_t call_row_items = 0) {
-  constexpr std::int64_t kRows = 96, kTileBytes = 64 * 1024, kMinSplitKeys = 512,
-                         kSplitBelow = 64, kMaxItems = 256;
+                                std::int64_t row_multiple, std::int64_t key_multiple,
+                                std::int64_t dot_rows, const Tuning& tuning,
+                                Purpose purpose, std::int64_t call_row_items = 0) {
+  constexpr std::int64_t kSplitBelow = 64, kMaxItems = 256;
   Blocking b;
   const std::int64_t group = p.heads_per_kv();
-  const bool grouped = purpose == Purpose::attention && group > 1 && group * p.L <= kRows;
+  const bool grouped = purpose == Purpose::attention && group > 1 && group * p.L <= tuning.row_block;
   b.heads = grouped ? group : 1;
   const bool whole_pages = purpose == Purpose::attention && p.k.pages && group * p.L <= dot_rows &&
-                           p.Hq * p.L <= kRows;
+                           p.Hq * p.L <= tuning.row_block;
   if (whole_pages) b.heads = p.Hq;
-  b.rows = std::clamp<std::int64_t>(p.L, 1, kRows);
+  b.rows = std::clamp<std::int64_t>(p.L, 1, tuning.row_block);
   b.tile_rows = round_up(b.heads * b.rows, row_multiple);
   b.q_blocks = ceil_div(p.L, b.rows);
   b.head_groups = p.Hq / b.heads;
 
   const std::int64_t per_key =
       (p.E + p.Ev + b.tile_rows) * static_cast<std::int64_t>(elem_size);
-  b.keys = std::clamp<std::int64_t>(kTileBytes / per_key / 16 * 16, 16, 512);
+  const std::int64_t step = std::max<std::int64_t>(key_multiple, 1);
+  b.keys = std::clamp<std::int64_t>(tuning.key_block_bytes / per_key / step * step, step, 512 / step * step);
   // The keys one row block sees: fewer than S under a window.
   const std::int64_t span = std::max<std::int64_t>(p.key_span(b.rows), 1);
   b.keys = std::min(b.keys, span);
@@ -80,7 +82,7 @@ inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
   const std::int64_t row_items = std::max(b.row_items(p), call_row_items);
   if (purpose == Purpose::attention && row_items > 0 && row_items < kSplitBelow) {
     const std::int64_t ranges =
-        std::min(span / kMinSplitKeys, std::max<std::int64_t>(kMaxItems / row_items, 1));
+        std::min(span / tuning.min_split_keys, std::max<std::int64_t>(kMaxItems / row_items, 1));
     if (ranges > 1) b.split_keys = round_up(ceil_div(span, ranges), b.keys);
   }
   b.splits = ceil_div(span, b.split_keys);
@@ -108,13 +110,17 @@ struct RowBlock {
   }
 };
 
-// Row blocks are numbered with the last query blocks first: under a causal
-// mask they see the most keys, and the dynamic schedule should start them
-// first so no thread is left with a long one at the end.
+// Row blocks are numbered head by head, so that the threads, taking them
+// in order, read one head's keys and values together while they are in
+// the caches: numbered query block by query block across the heads, each
+// block read another head's, and the long prefill (8 heads of 4 MiB of
+// keys and values) ran from memory at 0.77x (Zen 5, one thread). Within
+// a head the last query blocks come first: under a causal mask they see
+// the most keys, and the dynamic schedule should start them first so that
+// the call ends on short ones.
 inline RowBlock row_block(const Problem& p, const Blocking& blk, std::int64_t row_item) {
-  const std::int64_t per_q_block = p.batch * blk.head_groups;
-  const std::int64_t qb = blk.q_blocks - 1 - row_item / per_q_block;
-  const std::int64_t bg = row_item % per_q_block;
+  const std::int64_t qb = blk.q_blocks - 1 - row_item % blk.q_blocks;
+  const std::int64_t bg = row_item / blk.q_blocks;
   RowBlock r;
   r.b = bg / blk.head_groups;
   r.h0 = (bg % blk.head_groups) * blk.heads;

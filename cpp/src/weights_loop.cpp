@@ -42,7 +42,7 @@ void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
   const std::int64_t kv_end = scores.key_end();
   for (std::int64_t j0 = scores.key_begin(); j0 < kv_end; j0 += blk.keys) {
     const std::int64_t keys = std::min(blk.keys, kv_end - j0);
-    scores.compute(j0, keys, t.st.get());
+    scores.compute(j0, keys, t.st.get(), nullptr);
     for (std::int64_t i = 0; i < rb.rows; ++i)
       for (std::int64_t j = 0; j < keys; ++j) w[i * p.S + j0 + j] = t.st[j * blk.tile_rows + i];
   }
@@ -58,7 +58,7 @@ void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
 template <class T>
 void weights_loop(const Problem& p) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
-  const Blocking blk = choose_blocking(p, sizeof(T), kern.row_multiple, kern.dot_rows, Purpose::weights);
+  const Blocking blk = choose_blocking(p, sizeof(T), kern.row_multiple, kern.key_multiple, kern.dot_rows, *kern.tuning, Purpose::weights);
   for_each_item(
       blk.items(p), [&] { return WeightsTile<T>(p, blk); },
       [&](std::int64_t item, WeightsTile<T>& tile) {

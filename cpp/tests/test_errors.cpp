@@ -328,13 +328,44 @@ TEST(errors, threads_and_isas) {
   const std::string isa = dotattn::get_isa();
   CHECK(!isas.empty() && isas.back() == "scalar");
   CHECK(std::find(isas.begin(), isas.end(), isa) != isas.end());
+#ifdef DOTATTN_HAVE_AVX512_EMULATED
+  const char* const known = "avx512, avx2, avx512_emulated, scalar";
+  const std::vector<const char*> vector_sets = {"avx512", "avx2", "avx512_emulated"};
+#else
+  const char* const known = "avx512, avx2, scalar";
+  const std::vector<const char*> vector_sets = {"avx512", "avx2"};
+#endif
   CHECK_THROWS(dotattn::set_isa("bogus"), argument_error,
-               "set_isa: unknown ISA \"bogus\" (choose from avx512, avx2, scalar)");
-  for (const char* name : {"avx512", "avx2"})
+               std::string("set_isa: unknown ISA \"bogus\" (choose from ") + known + ")");
+  for (const char* name : vector_sets)
     if (std::find(isas.begin(), isas.end(), name) == isas.end())
       CHECK_THROWS(dotattn::set_isa(name), argument_error,
                    std::string("set_isa: this CPU does not support \"") + name + "\"");
   CHECK(dotattn::get_isa() == isa);
+}
+
+TEST(errors, tuning) {
+  const std::string isa = dotattn::get_isa();
+  const dotattn::Tuning before = dotattn::get_tuning(isa);
+  dotattn::Tuning bad = before;
+  bad.value_chunk_bytes = 0;
+  CHECK_THROWS(dotattn::set_tuning(isa, bad), argument_error, "set_tuning: every field must be positive");
+  bad = before;
+  bad.row_block = 1025;
+  CHECK_THROWS(dotattn::set_tuning(isa, bad), argument_error, "set_tuning: row_block must be at most 1024");
+  CHECK_THROWS(dotattn::get_tuning("bogus"), argument_error, "get_tuning: unknown ISA \"bogus\"");
+  CHECK_THROWS(dotattn::set_tuning("bogus", before), argument_error, "set_tuning: unknown ISA \"bogus\"");
+  CHECK(dotattn::get_tuning(isa).row_block == before.row_block);
+  CHECK(dotattn::get_tuning(isa).value_chunk_bytes == before.value_chunk_bytes);
+
+  dotattn::Tuning changed = before;
+  changed.row_block = 17;
+  dotattn::set_tuning(isa, changed);
+  CHECK(dotattn::get_tuning(isa).row_block == 17);
+  dotattn::set_tuning(isa, before);
+  CHECK(dotattn::get_tuning(isa).row_block == before.row_block);
+  CHECK_THROWS(dotattn::kernel_rates("bogus", 16, 16, 16, 0.01), argument_error,
+               "kernel_rates: unknown ISA \"bogus\"");
 }
 
 }  // namespace

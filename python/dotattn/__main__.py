@@ -4,7 +4,10 @@ dotattn.reference on a few shapes, and time both side by side.
 Exits with status 1 if a check fails.
 
 python -m dotattn bench: the benchmark against PyTorch and the NumPy
-reference on the standard shapes (python -m dotattn bench --help)."""
+reference on the standard shapes (python -m dotattn bench --help).
+
+python -m dotattn tune: sweeps the kernel set's parameters on this machine
+and prints the best table (python -m dotattn tune --help)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import time
 import numpy as np
 
 import dotattn
-from dotattn import _bench, reference
+from dotattn import _bench, _tune, reference
 
 # (B, Hq, Hkv, L, S, E, Ev, is_causal, mask)
 CHECKS = [
@@ -113,9 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _bench.add_arguments(bench)
+    tune = subcommands.add_parser(
+        "tune",
+        help="sweep a kernel set's parameters on this machine and print the best table",
+        description=_tune.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _tune.add_arguments(tune)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench.run(args, bench)
+    if args.command == "tune":
+        return _tune.run(args, tune)
 
     if args.threads is not None:
         dotattn.set_num_threads(args.threads)

@@ -672,7 +672,8 @@ def set_num_threads(n: int) -> None:
 
 def supported_isas() -> list[str]:
     """The SIMD kernel sets this CPU runs, best first: some of ``"avx512"``,
-    ``"avx2"``, and always ``"scalar"`` (portable, last)."""
+    ``"avx2"`` (and ``"avx512_emulated"`` in test builds), and always
+    ``"scalar"`` (portable, last)."""
     return _core.supported_isas()
 
 

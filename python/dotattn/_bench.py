@@ -22,6 +22,11 @@ instead (paged decode against contiguous, varlen against padded, a sliding
 window against full attention, softcap/ALiBi/sinks against plain); see
 dotattn._bench_inference.
 
+--kernels reports each kernel set's efficiency instead: its score tile, P·V
+and softmax steps against a register-only FMA peak loop of the same set,
+prefill against sgemm, cold decode against the streaming read; see
+dotattn._bench_kernels.
+
 --cold evicts the last-level cache before each timed call of dotattn and
 PyTorch, as in a decoding model, whose per-layer KV caches do not stay in
 cache between one layer's calls: dotattn._core.stream_read reads a buffer of
@@ -203,6 +208,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _bench_inference.add_arguments(parser)
     parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="each kernel set's steps against its FMA peak loop, prefill against sgemm, cold decode "
+        "against the streaming read (dotattn._bench_kernels)",
+    )
+    parser.add_argument(
         "--sgemm-size",
         type=int,
         default=4096,
@@ -244,6 +255,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             torch.set_num_threads(threads)
         if args.inference is not None:
             return _bench_inference.run(args, repeat)
+        if args.kernels:
+            from dotattn import _bench_kernels  # it builds on this module
+
+            return _bench_kernels.run(args, repeat, threads)
         return _benchmark(args, repeat, threads, torch)
     finally:
         dotattn.set_num_threads(threads_before)

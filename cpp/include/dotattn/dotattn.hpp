@@ -262,6 +262,10 @@ void set_num_threads(int n);
 // the best one this CPU and OS support is chosen at first use, unless the
 // environment variable DOTATTN_ISA names another.
 //
+// Builds configured with DOTATTN_EMULATED_AVX512 (for tests only) add
+// "avx512_emulated", the avx512 kernels through SIMDe on AVX2, after "avx2";
+// it is never chosen at first use, only by name.
+//
 // supported_isas(): the ones this CPU runs, best first ("scalar" is last).
 // get_isa(): the one in use. set_isa(name): use another from now on; throws
 // argument_error for an unknown name or one this CPU lacks. Calls already
@@ -275,6 +279,46 @@ void set_isa(const std::string& name);
 // the time it takes gives the read bandwidth to compare that call with.
 // Returns a checksum so the reads cannot be left out.
 std::uint64_t stream_read(const void* data, std::size_t bytes);
+
+// For benchmarks: one thread's rates of the per-block steps of kernel set
+// `isa` (one this CPU runs) on one tile of `rows` query rows (padded to the
+// set's row multiple), `keys` keys and E = Ev, whose operands stay in
+// cache, each the fastest of five batches of calls lasting `seconds` in
+// all. peak_gflops: a loop of independent FMAs on registers alone, the
+// most the set's vector unit computes; score_gflops and pv_gflops: the
+// score tile and the P·V step (2·rows·keys·E FLOPs each);
+// softmax_gscores: the scores per second of exp_sum (exponentiating a
+// tile's scores and summing them by rows; the rows' maxima are found
+// within the score tile).
+struct KernelRates {
+  std::string isa;
+  double peak_gflops = 0, score_gflops = 0, pv_gflops = 0, softmax_gscores = 0;
+};
+KernelRates kernel_rates(const std::string& isa, std::int64_t rows, std::int64_t keys, std::int64_t E,
+                         double seconds);
+
+// The parameters a kernel set's speed depends on that are not its register
+// blocking (which is compiled in): one table per set, its defaults chosen
+// by measurement (cpp/src/kernels/vec_<isa>.hpp says where), retuned on
+// any machine by `python -m dotattn tune`. Sizes in elements or bytes.
+// Results stay bit-identical across thread counts whatever the values,
+// but the key blocks (key_block_bytes) and split-K ranges
+// (min_split_keys) set the order in which a row's sums are taken, so
+// changing those may change the last bits of a result.
+struct Tuning {
+  std::int64_t row_block = 96;            // query rows per row block (many rows)
+  std::int64_t key_block_bytes = 65536;   // keys per block: keys x (E + Ev + tile rows) within this
+  std::int64_t min_split_keys = 512;      // decoding: keys per split-K range, at least
+  std::int64_t key_bytes_ahead = 3072;    // few rows: keys prefetched this far ahead
+  std::int64_t value_bytes_ahead = 4096;  // few rows: values prefetched this far ahead
+  std::int64_t value_chunk_bytes = 2048;  // few rows: P·V takes the values in chunks of this
+};
+
+// The table of kernel set `isa` (one this CPU runs; else argument_error),
+// and a new one for it: every field must be positive (row_block at most
+// 1024); for tuning and benchmarks, between calls, not while one runs.
+Tuning get_tuning(const std::string& isa);
+void set_tuning(const std::string& isa, const Tuning& tuning);
 
 // What show_config() reports.
 struct RuntimeInfo {

@@ -7,7 +7,7 @@
 namespace dotattn::kernels {
 
 template <int K>
-void VecAvx2F32::exp(R (&x)[K]) {
+[[gnu::always_inline]] inline void VecAvx2F32::exp(R (&x)[K]) {
   exp_negative<VecAvx2F32>(x);
 }
 VecAvx2F32::R VecAvx2F32::tanh(R x) { return tanh_rational<VecAvx2F32>(x); }

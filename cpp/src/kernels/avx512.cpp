@@ -7,7 +7,7 @@
 namespace dotattn::kernels {
 
 template <int K>
-void VecAvx512F32::exp(R (&x)[K]) {
+[[gnu::always_inline]] inline void VecAvx512F32::exp(R (&x)[K]) {
   exp_negative<VecAvx512F32>(x);
 }
 VecAvx512F32::R VecAvx512F32::tanh(R x) { return tanh_rational<VecAvx512F32>(x); }

@@ -7,11 +7,14 @@
 //
 // V provides (R is its register type, N its lanes of T):
 //   zero, set1, load, store (unaligned), load_partial / store_partial (the
-//   first n lanes, touching no memory beyond them), add, sub, mul,
+//   first n lanes, touching no memory beyond them), sums (of N registers:
+//   lane i the sum of register i's lanes), add, sub, mul,
 //   fmadd(a, b, c) = a * b + c, min and max (b if either is NaN), max_nan
 //   (NaN if either is NaN), div, exp (of K registers in place, for x <= 0),
 //   tanh, low_bits_as_exponent (the float with the
-//   low 9 bits of t's bits as its exponent field), and the
+//   low 9 bits of t's bits as its exponent field), kExpAtOnce (the keys'
+//   vectors exp_sum exponentiates at once), kPeakChains (fma_peak's
+//   independent FMA chains), and the
 //   tile sizes kScoreKeys x kScoreRowVecs (score tile) and
 //   kPvRows x kPvColVecs (P·V tile), chosen so the accumulators stay in
 //   registers.
@@ -38,26 +41,11 @@ inline void with_count(std::int64_t n, const F& f) {
 }
 
 
-// The few-rows P·V step takes the values in chunks of this many bytes of
-// rows (at least 4 rows): each chunk's rows are read whole and in order,
-// and the accumulators are loaded and stored once per chunk. Measured on
-// Zen 3, 2 threads, cold cache, decode shapes with E = 128, % of the
-// streaming read bandwidth: float32 74-81% with 4 rows (2 KiB) against
-// 64-66% with 16; float16 49-66% with 4 rows, 55-67% with 8 (2 KiB);
-// int8 25-34% with 4, 28-36% with 8 and 16 (2 KiB).
-constexpr std::int64_t kValueChunkBytes = 2048;
-
 // exp_sum adds a row's weights in chunks of this many keys, then the chunk
 // sums: the rounding error grows as (kSumChunk + keys / kSumChunk) ulps
 // rather than keys ulps.
 constexpr std::int64_t kSumChunk = 16;
 
-// exp_sum exponentiates this many keys' vectors at once (V::exp of K
-// registers), in the order it then adds them. Measured on Zen 1 (avx2),
-// one thread, a 96 x 64 tile: 8.58 us one at a time, 7.57 us four at once;
-// the rest is throughput (two FMA pipes, each 256-bit operation split in
-// two), not latency. exp_sum is about 15% of prefill there.
-constexpr int kExpAtOnce = 4;
 
 template <class V>
 struct BlockKernelsFor {
@@ -65,10 +53,13 @@ struct BlockKernelsFor {
   using R = typename V::R;
   static constexpr std::int64_t N = V::N;
 
+  // This set's parameters: V's defaults until set_tuning() changes them.
+  static inline Tuning tuning = V::kTuning;
+
   // Scores of Keys keys against RowVecs * N rows.
   template <int Keys, int RowVecs>
   static void score_micro(const T* qt, std::int64_t qt_ld, const T* k, std::int64_t k_stride,
-                          std::int64_t E, T scale, T* st, std::int64_t st_ld) {
+                          std::int64_t E, T scale, T* st, std::int64_t st_ld, T* row_max) {
     R acc[Keys][RowVecs];
     for (int j = 0; j < Keys; ++j)
       for (int r = 0; r < RowVecs; ++r) acc[j][r] = V::zero();
@@ -82,7 +73,16 @@ struct BlockKernelsFor {
     }
     const R s = V::set1(scale);
     for (int j = 0; j < Keys; ++j)
-      for (int r = 0; r < RowVecs; ++r) V::store(st + j * st_ld + r * N, V::mul(acc[j][r], s));
+      for (int r = 0; r < RowVecs; ++r) {
+        acc[j][r] = V::mul(acc[j][r], s);
+        V::store(st + j * st_ld + r * N, acc[j][r]);
+      }
+    if (!row_max) return;
+    for (int r = 0; r < RowVecs; ++r) {
+      R m = V::load(row_max + r * N);
+      for (int j = 0; j < Keys; ++j) m = V::max_nan(m, acc[j][r]);
+      V::store(row_max + r * N, m);
+    }
   }
 
   // A group of Keys keys against every row: its Keys x E keys stay in L1
@@ -90,27 +90,29 @@ struct BlockKernelsFor {
   template <int Keys, int RowVecs>
   static void score_key_group(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
                               std::int64_t k_stride, std::int64_t E, T scale, T* st,
-                              std::int64_t st_ld) {
+                              std::int64_t st_ld, T* row_max) {
     constexpr std::int64_t step = RowVecs * N;
+    const auto at = [&](std::int64_t i) { return row_max ? row_max + i : nullptr; };
     std::int64_t i = 0;
     for (; i + step <= rows; i += step)
-      score_micro<Keys, RowVecs>(qt + i, qt_ld, k, k_stride, E, scale, st + i, st_ld);
+      score_micro<Keys, RowVecs>(qt + i, qt_ld, k, k_stride, E, scale, st + i, st_ld, at(i));
     with_count<RowVecs - 1>((rows - i) / N, [&](auto vecs) {
-      score_micro<Keys, decltype(vecs)::value>(qt + i, qt_ld, k, k_stride, E, scale, st + i, st_ld);
+      score_micro<Keys, decltype(vecs)::value>(qt + i, qt_ld, k, k_stride, E, scale, st + i, st_ld,
+                                               at(i));
     });
   }
 
   template <int Keys, int RowVecs>
   static void score_keys(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
                          std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
-                         std::int64_t st_ld) {
+                         std::int64_t st_ld, T* row_max) {
     std::int64_t j = 0;
     for (; j + Keys <= keys; j += Keys)
       score_key_group<Keys, RowVecs>(qt, qt_ld, rows, k + j * k_stride, k_stride, E, scale,
-                                     st + j * st_ld, st_ld);
+                                     st + j * st_ld, st_ld, row_max);
     with_count<Keys - 1>(keys - j, [&](auto n) {
       score_key_group<decltype(n)::value, RowVecs>(qt, qt_ld, rows, k + j * k_stride, k_stride, E,
-                                                   scale, st + j * st_ld, st_ld);
+                                                   scale, st + j * st_ld, st_ld, row_max);
     });
   }
 
@@ -119,13 +121,13 @@ struct BlockKernelsFor {
   // hide the FMA latency.
   static void score_tile(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
                          std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
-                         std::int64_t st_ld) {
+                         std::int64_t st_ld, T* row_max) {
     if (rows <= N)
       score_keys<V::kScoreKeys * V::kScoreRowVecs, 1>(qt, qt_ld, rows, k, k_stride, keys, E, scale,
-                                                       st, st_ld);
+                                                       st, st_ld, row_max);
     else
       score_keys<V::kScoreKeys, V::kScoreRowVecs>(qt, qt_ld, rows, k, k_stride, keys, E, scale, st,
-                                                  st_ld);
+                                                  st_ld, row_max);
   }
 
   // Where the few-rows kernels read key or value rows from: Plain, in
@@ -308,10 +310,22 @@ struct BlockKernelsFor {
     std::int64_t e = 0;
     for (; e + N <= E; e += N) step(e, N);
     if (e < E) step(e, E - e);
+    // The sums of all Rows x Keys accumulators at once, N to a vector
+    // (V::sums), key by key: sum[j * Rows + r] is acc[r][j]'s.
+    constexpr int kCount = Rows * Keys, kGroups = (kCount + N - 1) / N;
+    T sum[kGroups * N];
+    for (int g = 0; g < kGroups; ++g) {
+      R x[N];
+      for (int i = 0; i < N; ++i) {
+        const int at = g * N + i;
+        x[i] = at < kCount ? acc[at % Rows][at / Rows] : V::zero();
+      }
+      V::store(sum + g * N, V::sums(x));
+    }
     for (int j = 0; j < Keys; ++j) {
       T key_scale = scale;
       if constexpr (Src::kRowScale) key_scale = scale * k.panel_scale(j0 + j, 0);
-      for (int r = 0; r < Rows; ++r) st[j * st_ld + r] = key_scale * V::reduce_add(acc[r][j]);
+      for (int r = 0; r < Rows; ++r) st[j * st_ld + r] = key_scale * sum[j * Rows + r];
     }
   }
 
@@ -340,7 +354,7 @@ struct BlockKernelsFor {
                          std::int64_t keys, std::int64_t E, T scale, T* st, std::int64_t st_ld) {
     with_source(k, [&](auto as) {
       using Src = typename decltype(as)::type;
-      const std::int64_t ahead = rows_in<Src>(kKeyBytesAhead, E);
+      const std::int64_t ahead = rows_in<Src>(tuning.key_bytes_ahead, E);
       for (std::int64_t j = 0, next; j < keys; j = next) {
         next = run_end(k, j, keys);
         for (std::int64_t h = 0; h < k.heads; ++h) {
@@ -393,7 +407,8 @@ struct BlockKernelsFor {
           }
         };
         std::int64_t j = j0;
-        for (; j + kExpAtOnce <= j1; j += kExpAtOnce) weights(j, std::integral_constant<int, kExpAtOnce>{});
+        for (; j + V::kExpAtOnce <= j1; j += V::kExpAtOnce)
+          weights(j, std::integral_constant<int, V::kExpAtOnce>{});
         for (; j < j1; ++j) weights(j, std::integral_constant<int, 1>{});
         sum = V::add(sum, chunk);
       }
@@ -505,10 +520,10 @@ struct BlockKernelsFor {
                             const StoredRows& v, std::int64_t Ev, T* acc, std::int64_t acc_ld) {
     with_source(v, [&](auto as) {
       using Src = typename decltype(as)::type;
-      const std::int64_t chunk_rows = rows_in<Src>(kValueChunkBytes, Ev);
+      const std::int64_t chunk_rows = rows_in<Src>(tuning.value_chunk_bytes, Ev);
       const bool few = rows <= V::kPvRows;
       const std::int64_t chunk = !few ? keys : chunk_rows > 4 ? chunk_rows : 4;
-      const std::int64_t ahead = rows_in<Src>(kValueBytesAhead, Ev);
+      const std::int64_t ahead = rows_in<Src>(tuning.value_bytes_ahead, Ev);
       for (std::int64_t j = 0, next; j < keys; j = next) {
         next = run_end(v, j, keys);
         for (std::int64_t h = 0; h < v.heads; ++h) {
@@ -530,7 +545,7 @@ struct BlockKernelsFor {
   static void widen(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst) {
     with_source(src, [&](auto as) {
       using Src = typename decltype(as)::type;
-      const std::int64_t ahead = rows_in<Src>(kKeyBytesAhead, cols);
+      const std::int64_t ahead = rows_in<Src>(tuning.key_bytes_ahead, cols);
       for (std::int64_t j = 0, next; j < rows; j = next) {
         next = run_end(src, j, rows);
         const Src run = Src::run(src, 0, j);
@@ -566,10 +581,30 @@ struct BlockKernelsFor {
     }
   }
 
+  // V::kPeakChains accumulators, each a chain of dependent FMAs: enough
+  // chains to cover the FMA latency times the FMA pipes.
+  static std::int64_t fma_peak(std::int64_t iterations) {
+    constexpr int kChains = V::kPeakChains;
+    R acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = V::set1(T(c));
+    const R a = V::set1(T(0.999999)), b = V::set1(T(1e-6));
+    for (std::int64_t it = 0; it < iterations; ++it)
+      for (int c = 0; c < kChains; ++c) acc[c] = V::fmadd(acc[c], a, b);
+    R sum = V::zero();
+    for (int c = 0; c < kChains; ++c) sum = V::add(sum, acc[c]);
+    T lanes[N];
+    V::store(lanes, sum);
+    volatile T sink = lanes[0];  // the chains must be computed
+    (void)sink;
+    return 2 * kChains * N;
+  }
+
   static constexpr BlockKernels<T> table(const char* name) {
-    BlockKernels<T> t{name,        N,           &score_tile, N / 2,          &score_rows, &block_max,
+    BlockKernels<T> t{name,        N,           V::kScoreKeys, &score_tile, N / 2, &score_rows, &block_max,
                       &exp_sum,    &soft_cap,   &add_distance_bias, &scale_rows, &pv_accumulate};
     if constexpr (std::is_same_v<T, float>) t.widen = &widen;
+    t.fma_peak = &fma_peak;
+    t.tuning = &tuning;
     return t;
   }
 };
@@ -586,9 +621,11 @@ struct BlockKernelsFor {
 //
 // K registers at once, each step of the K in turn: K independent chains of
 // about 15 dependent operations, which the FP pipes can overlap where one
-// chain leaves them waiting on its latency.
+// chain leaves them waiting on its latency. Inlined always, so that the K
+// registers stay registers: GCC 12 kept it out of line, passing them
+// through memory (34 moves beside 105 arithmetic instructions for K = 8).
 template <class V, int K>
-void exp_negative(typename V::R (&x)[K]) {
+[[gnu::always_inline]] inline void exp_negative(typename V::R (&x)[K]) {
   using R = typename V::R;
   using T = typename V::T;
   const R shifter = V::set1(T(12583039.0));  // 1.5 * 2^23 + 127

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "dotattn/dotattn.hpp"
 
@@ -88,29 +89,20 @@ inline StoredRows rows_at(DType dtype, const void* data, std::int64_t stride, st
   return r;
 }
 
-// How far ahead the few-rows (decoding) kernels prefetch the keys and
-// values they stream from memory, in bytes of the rows as stored, so that
-// a 2-byte or 1-byte format keeps as much in flight as float32 (the
-// hardware prefetchers stop at each 4 KiB page). Measured on Zen 3, one
-// core, float32, E = Ev = 128, K and V far larger than the caches: keys
-// read at 7.8 GB/s without and 13 to 14.6 with 6 to 24 keys (3 to 12 KiB)
-// ahead; values at 8.8 without and 11 to 12.5 with 8 or 16 (4 or 8 KiB)
-// ahead (a plain streaming read: 12 GB/s). The short ends of those ranges
-// serve a paged cache best: on Zen 4, 2 threads, cold float16 decode over
-// pages of 16 tokens at random ran at 0.92x of contiguous with 6 and 8 KiB
-// and 0.99x with 3 and 4 KiB (the mean of 3 runs each), contiguous alike.
-constexpr std::int64_t kKeyBytesAhead = 3072, kValueBytesAhead = 4096;
-
 template <class T>
 struct BlockKernels {
   const char* name;            // "<isa>", reported by show_config()
   std::int64_t row_multiple;   // transposed tiles' rows are a multiple of this
+  std::int64_t key_multiple;   // score_tile's keys at once: key blocks are a multiple of this
 
   // st[j][i] = scale * sum_e qt[e][i] * k[j * k_stride + e] for j < keys and
   // i < rows (a multiple of row_multiple); the sum runs over e in order.
+  // With row_max, also row_max[i] = max(row_max[i], max_j st[j][i]), NaN if
+  // any is NaN: block_max's result for a tile nothing changes after it,
+  // found while the scores are in registers instead of in a pass of its own.
   void (*score_tile)(const T* qt, std::int64_t qt_ld, std::int64_t rows, const T* k,
                      std::int64_t k_stride, std::int64_t keys, std::int64_t E, T scale, T* st,
-                     std::int64_t st_ld);
+                     std::int64_t st_ld, T* row_max);
 
   // The same scores for a few rows (at most dot_rows, as when decoding),
   // from queries packed row by row, q[i * q_ld + e]: dot products along E,
@@ -158,11 +150,23 @@ struct BlockKernels {
   // widen: dst[r * cols + c] = element c of row r of src, for r < rows and
   // c < cols; the step before the many-rows kernels, which then read dst.
   void (*widen)(const StoredRows& src, std::int64_t rows, std::int64_t cols, T* dst) = nullptr;
+
+  // For kernel_rates(): `iterations` rounds of independent FMAs on
+  // registers alone; returns the FLOPs of one round.
+  std::int64_t (*fma_peak)(std::int64_t iterations) = nullptr;
+
+  // The set's parameters (dotattn::Tuning), read by the loops' blocking
+  // and by the few-rows kernels at each call; set_tuning() changes them.
+  Tuning* tuning = nullptr;
 };
 
 // The table the loops use now: float32 follows the ISA chosen in
 // dispatch.cpp; float64 always runs the portable kernels.
 template <class T>
 const BlockKernels<T>& selected();
+
+// The float32 table of the kernel set `name`, which this CPU must run
+// (else argument_error, naming `who`).
+const BlockKernels<float>& table_named(const std::string& name, const char* who);
 
 }  // namespace dotattn::kernels

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "dotattn/dotattn.hpp"
+
 namespace dotattn::kernels {
 
 struct VecAvx2F32 {
@@ -21,6 +23,35 @@ struct VecAvx2F32 {
   static constexpr int kPvRows = 6, kPvColVecs = 2;
   // Dot-product score tile for few rows: 12 accumulators, 3 keys loaded.
   static constexpr int kDotRows = 4, kDotKeys = 3;
+  // exp_sum exponentiates this many keys' vectors at once, their steps
+  // interleaved (exp of K registers), in the order it then adds them.
+  // Measured on Zen 1, one thread, a 96 x 64 tile: 8.58 us one at a time,
+  // 7.57 us four at once; the rest is throughput (two FMA pipes, each
+  // 256-bit operation split in two), not latency.
+  static constexpr int kExpAtOnce = 4;
+  // fma_peak's chains: 12 of the 16 registers (16 spilled), more than the
+  // 4-cycle latency times 2 FMA pipes of Zen and Intel cores.
+  static constexpr int kPeakChains = 12;
+
+  // Measured on Zen 3 (also the portable set's):
+  // - row_block 96, a whole number of the score and P·V tiles: 2% faster
+  //   than 64 on the prefill shape.
+  // - key_block_bytes 64 KiB: prefill, 2 threads, 147 GFLOP/s at 64 KiB,
+  //   135 at 128, 131 at 192.
+  // - key_bytes_ahead, value_bytes_ahead: one core, float32, E = Ev = 128,
+  //   K and V far larger than the caches: keys read at 7.8 GB/s without
+  //   prefetching and 13 to 14.6 with 6 to 24 keys (3 to 12 KiB) ahead;
+  //   values at 8.8 without and 11 to 12.5 with 8 or 16 (4 or 8 KiB) ahead
+  //   (a plain streaming read: 12 GB/s). The hardware prefetchers stop at
+  //   each 4 KiB page. The short ends of those ranges serve a paged cache
+  //   best: on Zen 4, 2 threads, cold float16 decode over pages of 16
+  //   tokens at random ran at 0.92x of contiguous with 6 and 8 KiB and 0.99x
+  //   with 3 and 4 KiB (the mean of 3 runs each), contiguous alike.
+  // - value_chunk_bytes 2 KiB: 2 threads, cold, decode shapes with E = 128,
+  //   % of the streaming read bandwidth: float32 74-81% with 4 rows (2 KiB)
+  //   against 64-66% with 16; float16 49-66% with 4 rows, 55-67% with 8
+  //   (2 KiB); int8 25-34% with 4, 28-36% with 8 and 16 (2 KiB).
+  static constexpr Tuning kTuning{96, 64 * 1024, 512, 3072, 4096, 2048};
 
   static R zero() { return _mm256_setzero_ps(); }
   static R set1(T x) { return _mm256_set1_ps(x); }
@@ -46,10 +77,19 @@ struct VecAvx2F32 {
   static R low_bits_as_exponent(R t) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
   }
-  static T reduce_add(R x) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  // Lane i: the sum of x[i]'s lanes. A tree over all 8 at once: 21
+  // instructions where 8 horizontal sums apart take 48. Within each
+  // 128-bit half, lanes 2 apart are added, then 1 apart; then the halves.
+  static R sums(const R (&x)[N]) {
+    R pairs[4], quads[2];
+    for (int i = 0; i < 4; ++i)
+      pairs[i] = _mm256_add_ps(_mm256_unpacklo_ps(x[2 * i], x[2 * i + 1]),
+                               _mm256_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      quads[i] = _mm256_add_ps(_mm256_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
+                               _mm256_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
+    return _mm256_add_ps(_mm256_permute2f128_ps(quads[0], quads[1], 0x20),
+                         _mm256_permute2f128_ps(quads[0], quads[1], 0x31));
   }
   static __m128i load_bytes16(const void* p) {
     return _mm_loadu_si128(static_cast<const __m128i*>(p));

@@ -1,13 +1,28 @@
 // The vector type of the AVX-512 kernels: 16 floats in a __m512, tails
 // through mask registers. Only kernels/avx512.cpp includes this, compiled
-// with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma.
+// with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma, and, for the
+// test-only set avx512_emulated, kernels/avx512_emulated.cpp, compiled with
+// AVX2 flags only, which defines DOTATTN_AVX512_EMULATED and includes
+// SIMDe's intrinsics first: there the type is
+// dotattn::kernels::emulated::VecAvx512F32, a type of its own, so that
+// BlockKernelsFor<> of it is another instantiation, with other symbols,
+// than the native one (two definitions of one, one per ISA, would break the
+// ODR).
 #pragma once
 
+#ifndef DOTATTN_AVX512_EMULATED
 #include <immintrin.h>
+#endif
 
 #include <cstdint>
 
+#include "dotattn/dotattn.hpp"
+
+#ifdef DOTATTN_AVX512_EMULATED
+namespace dotattn::kernels::emulated {
+#else
 namespace dotattn::kernels {
+#endif
 
 struct VecAvx512F32 {
   using T = float;
@@ -18,6 +33,14 @@ struct VecAvx512F32 {
   static constexpr int kPvRows = 12, kPvColVecs = 2;
   // Dot-product score tile for few rows: 24 accumulators, 6 keys loaded.
   static constexpr int kDotRows = 4, kDotKeys = 6;
+  // exp_sum's keys at once (vec_avx2.hpp): 8 measured no faster than 4
+  // on Zen 5 (4.1-4.2 G scores/s, python -m dotattn bench --kernels).
+  static constexpr int kExpAtOnce = 4;
+  // fma_peak's chains: 16 of the 32 registers, twice the 4-cycle latency
+  // times 2 FMA pipes of Zen 4/5 and Sapphire Rapids.
+  static constexpr int kPeakChains = 16;
+  // TUNING: measured below.
+  static constexpr Tuning kTuning{96, 64 * 1024, 512, 3072, 4096, 2048};
 
   static R zero() { return _mm512_setzero_ps(); }
   static R set1(T x) { return _mm512_set1_ps(x); }
@@ -42,7 +65,24 @@ struct VecAvx512F32 {
   static R low_bits_as_exponent(R t) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));
   }
-  static T reduce_add(R x) { return _mm512_reduce_add_ps(x); }
+  // Lane i: the sum of x[i]'s lanes. A tree over all 16 at once: 45
+  // instructions where 16 horizontal sums apart take 128. Within each
+  // 128-bit lane, lanes 2 apart are added, then 1 apart; then the 128-bit
+  // lanes, 1 apart and 2 apart.
+  static R sums(const R (&x)[N]) {
+    R pairs[8], quads[4], halves[2];
+    for (int i = 0; i < 8; ++i)
+      pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]),
+                               _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 4; ++i)
+      quads[i] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
+                               _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
+    for (int i = 0; i < 2; ++i)
+      halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
+                                _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88),
+                         _mm512_shuffle_f32x4(halves[0], halves[1], 0xDD));
+  }
   static R from_f16(const std::uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(static_cast<const void*>(p))));
   }
@@ -59,4 +99,4 @@ struct VecAvx512F32 {
   static R tanh(R x);
 };
 
-}  // namespace dotattn::kernels
+}  // namespace dotattn::kernels(::emulated)

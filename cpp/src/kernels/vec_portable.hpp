@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "dotattn/dotattn.hpp"
 #include "half_precision.hpp"  // baseline code only: scalar.cpp alone includes this file
 
 namespace dotattn::kernels {
@@ -22,6 +23,10 @@ struct VecPortable {
   static constexpr int kScoreKeys = 2, kScoreRowVecs = 1;
   static constexpr int kPvRows = 2, kPvColVecs = 1;
   static constexpr int kDotRows = 2, kDotKeys = 1;
+  static constexpr int kExpAtOnce = 4;
+  static constexpr int kPeakChains = 4;  // each a 64-byte vector: 4 SSE2 registers
+  // The AVX2 set's (vec_avx2.hpp): the portable set serves correctness.
+  static constexpr Tuning kTuning{96, 64 * 1024, 512, 3072, 4096, 2048};
 
   static R zero() { return R{}; }
   static R set1(T x) { return R{} + x; }
@@ -55,10 +60,24 @@ struct VecPortable {
     std::memcpy(&x, &bits, sizeof x);
     return x;
   }
-  static T reduce_add(R x) {
-    T sum = x[0];
-    for (std::int64_t i = 1; i < N; ++i) sum += x[i];
-    return sum;
+  // Lane i: the sum of x[i]'s lanes, in the AVX-512 set's order (within
+  // each 4 lanes, lanes 2 apart, then 1 apart; then the groups of 4
+  // pairwise), so that for float32 the two sets' few-rows scores agree bit
+  // for bit.
+  static R sums(const R (&x)[N]) {
+    static_assert(N % 4 == 0 && ((N / 4) & (N / 4 - 1)) == 0, "N / 4 groups, a power of two");
+    R out;
+    for (std::int64_t i = 0; i < N; ++i) {
+      T group[N / 4];
+      for (std::int64_t g = 0; g < N / 4; ++g) {
+        const T* lane = &x[i][0] + 4 * g;
+        group[g] = (lane[0] + lane[2]) + (lane[1] + lane[3]);
+      }
+      for (std::int64_t width = N / 4; width > 1; width /= 2)
+        for (std::int64_t g = 0; g < width / 2; ++g) group[g] = group[2 * g] + group[2 * g + 1];
+      out[i] = group[0];
+    }
+    return out;
   }
   // The stored formats, widened one element at a time by the portable
   // conversions the shared code uses (half_precision.hpp).
