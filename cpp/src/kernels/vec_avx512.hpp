@@ -31,16 +31,29 @@ struct VecAvx512F32 {
   // 24 accumulators + 2 loaded vectors + 1 broadcast of the 32 registers.
   static constexpr int kScoreKeys = 12, kScoreRowVecs = 2;
   static constexpr int kPvRows = 12, kPvColVecs = 2;
-  // Dot-product score tile for few rows: 24 accumulators, 6 keys loaded.
-  static constexpr int kDotRows = 4, kDotKeys = 6;
+  // Dot-product score tile for few rows: 16 accumulators, added by one tree
+  // (sums), 4 keys loaded. Cold decode on Zen 5, 2 threads, against 4 x 6
+  // (24 accumulators, 2 trees): the same within the noise (float32
+  // 0.93-0.99x of avx2 either way, bfloat16 0.95-1.13x).
+  static constexpr int kDotRows = 4, kDotKeys = 4;
   // exp_sum's keys at once (vec_avx2.hpp): 8 measured no faster than 4
   // on Zen 5 (4.1-4.2 G scores/s, python -m dotattn bench --kernels).
   static constexpr int kExpAtOnce = 4;
   // fma_peak's chains: 16 of the 32 registers, twice the 4-cycle latency
   // times 2 FMA pipes of Zen 4/5 and Sapphire Rapids.
   static constexpr int kPeakChains = 16;
-  // TUNING: measured below.
-  static constexpr Tuning kTuning{96, 64 * 1024, 512, 3072, 4096, 2048};
+  // Measured on Zen 5 (2 threads; python -m dotattn tune, then the winners
+  // side by side, 5 alternating rounds):
+  // - row_block 64 and key_block_bytes 128 KiB (144 keys at E = 64, 84 at
+  //   128) against avx2's 96 and 64 KiB: prefill 1.24x, causal 1.11x, long
+  //   1.10x; 48 or 192 rows, 96, 192 or 256 KiB no better (within 3%) or
+  //   worse (long at 192 rows: 0.90x).
+  // - The decoding parameters: every candidate within 2-5% of avx2's
+  //   values, and differently in two sweeps an hour apart: noise, so
+  //   avx2's are kept. min_split_keys 2048 measured 1.05x on 2 threads,
+  //   but a quarter of the work items would leave a 16-core machine idle
+  //   on the decode shape.
+  static constexpr Tuning kTuning{64, 128 * 1024, 512, 3072, 4096, 2048};
 
   static R zero() { return _mm512_setzero_ps(); }
   static R set1(T x) { return _mm512_set1_ps(x); }
