@@ -173,11 +173,13 @@ def test_bench_kernels(capsys, monkeypatch, no_pauses):
     lines = capsys.readouterr().out.splitlines()
     isas = [isa for isa in dotattn.supported_isas() if isa != "avx512_emulated"]
     tiles = [line.split() for line in lines if line.split()[:1] and line.split()[0] in isas]
-    assert [(row[0], row[1]) for row in tiles[: 2 * len(isas)]] == [(i, e) for i in isas for e in ("64", "128")]
+    assert [(row[0], row[1]) for row in tiles[: 2 * len(isas)]] == [
+        (i, e) for i in isas for e in ("64", "128")
+    ]
     for row in tiles[: 2 * len(isas)]:
         peak, score, pv, softmax = float(row[2]), float(row[3]), float(row[5]), float(row[7])
         assert min(peak, score, pv, softmax) > 0
-    calls = tiles[2 * len(isas):]
+    calls = tiles[2 * len(isas) :]
     assert [(row[0], row[1]) for row in calls] == [(i, s.name) for s in small for i in isas]
     for row in calls:
         assert float(row[2]) > 0 and row[-1].endswith("%")

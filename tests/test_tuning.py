@@ -13,17 +13,35 @@ from conftest import KV_FORMATS, check_attention, qkv, stored
 
 pytestmark = pytest.mark.usefixtures("isa")
 
-FIELDS = ["row_block", "key_block_bytes", "min_split_keys", "key_bytes_ahead", "value_bytes_ahead",
-          "value_chunk_bytes"]
+FIELDS = [
+    "row_block",
+    "key_block_bytes",
+    "min_split_keys",
+    "key_bytes_ahead",
+    "value_bytes_ahead",
+    "value_chunk_bytes",
+]
 
 # Tables far from the defaults: tiny and odd blocks (a row block of 17 rows,
 # key blocks of one score tile), short split ranges, no prefetch distance to
 # speak of, and the other way round.
 ODD_TABLES = [
-    {"row_block": 17, "key_block_bytes": 1, "min_split_keys": 16, "key_bytes_ahead": 1,
-     "value_bytes_ahead": 1, "value_chunk_bytes": 1},
-    {"row_block": 1024, "key_block_bytes": 1 << 22, "min_split_keys": 100000, "key_bytes_ahead": 1 << 20,
-     "value_bytes_ahead": 1 << 20, "value_chunk_bytes": 1 << 20},
+    {
+        "row_block": 17,
+        "key_block_bytes": 1,
+        "min_split_keys": 16,
+        "key_bytes_ahead": 1,
+        "value_bytes_ahead": 1,
+        "value_chunk_bytes": 1,
+    },
+    {
+        "row_block": 1024,
+        "key_block_bytes": 1 << 22,
+        "min_split_keys": 100000,
+        "key_bytes_ahead": 1 << 20,
+        "value_bytes_ahead": 1 << 20,
+        "value_chunk_bytes": 1 << 20,
+    },
 ]
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 import dotattn
+
 from . import _bench
 
 TILE_ROWS, TILE_KEYS = 96, 72
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace, repeat: int | None, threads: int) -> int:
     print(f"kernel sets: {', '.join(isas)}\n")
 
     print(f"One thread, one tile in cache ({TILE_ROWS} rows x {TILE_KEYS} keys):")
-    print(f"{'isa':>16} {'E':>4} {'FMA peak':>9} {'score':>7} {'%peak':>6} {'P·V':>7} {'%peak':>6} {'softmax':>10}")
+    print(
+        f"{'isa':>16} {'E':>4} {'FMA peak':>9} {'score':>7} {'%peak':>6} "
+        f"{'P·V':>7} {'%peak':>6} {'softmax':>10}"
+    )
     print(f"{'':>16} {'':>4} {'GFLOP/s':>9} {'GFLOP/s':>7} {'':>6} {'GFLOP/s':>7} {'':>6} {'Gscores/s':>10}")
     peaks: dict[str, float] = {}
     for isa in isas:
@@ -61,7 +65,10 @@ def run(args: argparse.Namespace, repeat: int | None, threads: int) -> int:
     )
     rng = np.random.default_rng(0)
     evict = _bench.cache_evictor(args.flush_mib)
-    print(f"{'isa':>16} {'shape':>12} {'ms':>9} {'GFLOP/s':>8} {'%peak':>6} {'%sgemm':>7} {'GB/s':>7} {'%stream':>8}")
+    print(
+        f"{'isa':>16} {'shape':>12} {'ms':>9} {'GFLOP/s':>8} {'%peak':>6} {'%sgemm':>7} "
+        f"{'GB/s':>7} {'%stream':>8}"
+    )
     for shape in WHOLE_CALLS:
         call, nbytes = _call(shape, rng)
         median = _alternating(isas, call, repeat, evict=evict if shape.is_decode else None)
@@ -72,7 +79,9 @@ def run(args: argparse.Namespace, repeat: int | None, threads: int) -> int:
                 gbps = nbytes / median[isa] / 1e9
                 line += f"{'':>6} {'':>7} {gbps:7.2f} {100 * gbps / stream['gbps']:7.0f}%"
             else:
-                line += f"{100 * gflops / (peaks[isa] * threads):5.0f}% {100 * gflops / sgemm['gflops']:6.0f}%"
+                line += (
+                    f"{100 * gflops / (peaks[isa] * threads):5.0f}% {100 * gflops / sgemm['gflops']:6.0f}%"
+                )
             print(line, flush=True)
     return 0
 

@@ -75,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", nargs="+", metavar="PARAM", choices=[p for p, _, _ in PARAMETERS], help="sweep only these"
     )
-    parser.add_argument("--threshold", type=float, default=0.02, help="least gain that changes a value (0.02)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.02, help="least gain that changes a value (0.02)"
+    )
     parser.add_argument("--flush-mib", type=int, default=512, help="MiB read to evict the cache (512)")
 
 
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _tune(args: argparse.Namespace, isa: str, table: dict[str, int]) -> int:
     machine = _bench.machine_info()
-    print(f"dotattn {dotattn.__version__}: tuning {isa} on {machine['cpu']}, {dotattn.get_num_threads()} threads")
+    threads = dotattn.get_num_threads()
+    print(f"dotattn {dotattn.__version__}: tuning {isa} on {machine['cpu']}, {threads} threads")
     print(f"current table: {_as_cpp(table)}", flush=True)
     rng = np.random.default_rng(0)
     evict = _bench.cache_evictor(args.flush_mib)
@@ -177,7 +180,16 @@ def _median_seconds(fn: Callable[[], Any], cold: bool, evict: Callable[[], Any])
     return statistics.median(samples)
 
 
-def _sweep(isa, best, name, values, calls, cold, evict, rounds) -> dict[int, float]:
+def _sweep(
+    isa: str,
+    best: dict[str, int],
+    name: str,
+    values: list[int],
+    calls: list[Callable[[], Any]],
+    cold: bool,
+    evict: Callable[[], Any],
+    rounds: int,
+) -> dict[int, float]:
     samples: dict[int, list[list[float]]] = {v: [[] for _ in calls] for v in values}
     for r in range(rounds):
         order = values if r % 2 == 0 else values[::-1]
@@ -189,7 +201,15 @@ def _sweep(isa, best, name, values, calls, cold, evict, rounds) -> dict[int, flo
     return {v: _geometric_mean([statistics.median(s) for s in samples[v]]) for v in values}
 
 
-def _measure(isa, best, calls, cold, evict, rounds, against) -> dict[str, float]:
+def _measure(
+    isa: str,
+    best: dict[str, int],
+    calls: list[Callable[[], Any]],
+    cold: bool,
+    evict: Callable[[], Any],
+    rounds: int,
+    against: dict[str, int],
+) -> dict[str, float]:
     samples: dict[str, list[list[float]]] = {"current": [[] for _ in calls], "new": [[] for _ in calls]}
     for r in range(rounds):
         for label in ("current", "new") if r % 2 == 0 else ("new", "current"):
