@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("isa")
 FIELDS = [
     "row_block",
     "key_block_bytes",
+    "decode_key_block_bytes",
     "min_split_keys",
     "key_bytes_ahead",
     "value_bytes_ahead",
@@ -29,6 +30,7 @@ ODD_TABLES = [
     {
         "row_block": 17,
         "key_block_bytes": 1,
+        "decode_key_block_bytes": 1,
         "min_split_keys": 16,
         "key_bytes_ahead": 1,
         "value_bytes_ahead": 1,
@@ -37,6 +39,7 @@ ODD_TABLES = [
     {
         "row_block": 1024,
         "key_block_bytes": 1 << 22,
+        "decode_key_block_bytes": 1 << 22,
         "min_split_keys": 100000,
         "key_bytes_ahead": 1 << 20,
         "value_bytes_ahead": 1 << 20,

@@ -327,6 +327,7 @@ py::dict kernel_rates(const std::string& isa, std::int64_t rows, std::int64_t ke
 constexpr std::pair<const char*, std::int64_t dotattn::Tuning::*> kTuningFields[] = {
     {"row_block", &dotattn::Tuning::row_block},
     {"key_block_bytes", &dotattn::Tuning::key_block_bytes},
+    {"decode_key_block_bytes", &dotattn::Tuning::decode_key_block_bytes},
     {"min_split_keys", &dotattn::Tuning::min_split_keys},
     {"key_bytes_ahead", &dotattn::Tuning::key_bytes_ahead},
     {"value_bytes_ahead", &dotattn::Tuning::value_bytes_ahead},

@@ -36,7 +36,8 @@ struct Blocking {
 
 // Row blocks of up to tuning.row_block rows. Key blocks of keys x (E + Ev
 // + tile_rows) within tuning.key_block_bytes, which keeps the score tile
-// in L1 between the steps that read it, a whole number of the score tile's
+// in L1 between the steps that read it (decode_key_block_bytes for few
+// rows), a whole number of the score tile's
 // keys (key_multiple), so that no block ends on a narrower tile. When
 // there are fewer than 64 row blocks, too few to keep many threads busy
 // (decoding: one row per head), the keys are split into ranges of at
@@ -70,10 +71,16 @@ inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
   b.q_blocks = ceil_div(p.L, b.rows);
   b.head_groups = p.Hq / b.heads;
 
+  // Few rows per key/value head (decoding): the kernels stream the keys and
+  // values from memory and only the block's scores stay in cache, so its
+  // blocks are bounded apart, by decode_key_block_bytes.
+  const std::int64_t kv_rows = (b.heads == 1 ? 1 : group) * b.rows;
+  const bool few_rows = purpose == Purpose::attention && kv_rows <= dot_rows;
   const std::int64_t per_key =
       (p.E + p.Ev + b.tile_rows) * static_cast<std::int64_t>(elem_size);
   const std::int64_t step = std::max<std::int64_t>(key_multiple, 1);
-  b.keys = std::clamp<std::int64_t>(tuning.key_block_bytes / per_key / step * step, step, 512 / step * step);
+  const std::int64_t budget = few_rows ? tuning.decode_key_block_bytes : tuning.key_block_bytes;
+  b.keys = std::clamp<std::int64_t>(budget / per_key / step * step, step, 512 / step * step);
   // The keys one row block sees: fewer than S under a window.
   const std::int64_t span = std::max<std::int64_t>(p.key_span(b.rows), 1);
   b.keys = std::min(b.keys, span);
@@ -83,7 +90,13 @@ inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
   if (purpose == Purpose::attention && row_items > 0 && row_items < kSplitBelow) {
     const std::int64_t ranges =
         std::min(span / tuning.min_split_keys, std::max<std::int64_t>(kMaxItems / row_items, 1));
-    if (ranges > 1) b.split_keys = round_up(ceil_div(span, ranges), b.keys);
+    if (ranges > 1) {
+      // Blocks that divide a range about evenly, so that rounding the range
+      // up to whole blocks keeps about `ranges` of them.
+      const std::int64_t range = ceil_div(span, ranges);
+      b.keys = std::min(b.keys, round_up(ceil_div(range, ceil_div(range, b.keys)), step));
+      b.split_keys = round_up(range, b.keys);
+    }
   }
   b.splits = ceil_div(span, b.split_keys);
   return b;

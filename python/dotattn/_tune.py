@@ -61,6 +61,7 @@ DECODE = [
 PARAMETERS: list[tuple[str, list[int], str]] = [
     ("row_block", [48, 64, 96, 128, 192], "prefill"),
     ("key_block_bytes", [32768, 49152, 65536, 98304, 131072], "prefill"),
+    ("decode_key_block_bytes", [65536, 131072, 262144, 524288], "decode"),
     ("key_bytes_ahead", [1536, 3072, 4096, 6144, 8192], "decode"),
     ("value_bytes_ahead", [2048, 4096, 6144, 8192], "decode"),
     ("value_chunk_bytes", [1024, 2048, 4096], "decode"),

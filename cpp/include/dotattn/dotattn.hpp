@@ -302,12 +302,13 @@ KernelRates kernel_rates(const std::string& isa, std::int64_t rows, std::int64_t
 // by measurement (cpp/src/kernels/vec_<isa>.hpp says where), retuned on
 // any machine by `python -m dotattn tune`. Sizes in elements or bytes.
 // Results stay bit-identical across thread counts whatever the values,
-// but the key blocks (key_block_bytes) and split-K ranges
-// (min_split_keys) set the order in which a row's sums are taken, so
+// but the key blocks (key_block_bytes, decode_key_block_bytes) and split-K
+// ranges (min_split_keys) set the order in which a row's sums are taken, so
 // changing those may change the last bits of a result.
 struct Tuning {
   std::int64_t row_block = 96;            // query rows per row block (many rows)
   std::int64_t key_block_bytes = 65536;   // keys per block: keys x (E + Ev + tile rows) within this
+  std::int64_t decode_key_block_bytes = 65536;  // the same for few rows (decoding)
   std::int64_t min_split_keys = 512;      // decoding: keys per split-K range, at least
   std::int64_t key_bytes_ahead = 3072;    // few rows: keys prefetched this far ahead
   std::int64_t value_bytes_ahead = 4096;  // few rows: values prefetched this far ahead

@@ -111,6 +111,7 @@ Tuning get_tuning(const std::string& isa) { return *kernels::table_named(isa, "g
 void set_tuning(const std::string& isa, const Tuning& tuning) {
   const kernels::BlockKernels<float>& table = kernels::table_named(isa, "set_tuning");
   const std::int64_t fields[] = {tuning.row_block,       tuning.key_block_bytes,
+                                 tuning.decode_key_block_bytes,
                                  tuning.min_split_keys,  tuning.key_bytes_ahead,
                                  tuning.value_bytes_ahead, tuning.value_chunk_bytes};
   for (const std::int64_t x : fields)

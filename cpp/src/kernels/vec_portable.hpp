@@ -26,7 +26,7 @@ struct VecPortable {
   static constexpr int kExpAtOnce = 4;
   static constexpr int kPeakChains = 4;  // each a 64-byte vector: 4 SSE2 registers
   // The AVX2 set's (vec_avx2.hpp): the portable set serves correctness.
-  static constexpr Tuning kTuning{96, 64 * 1024, 512, 3072, 4096, 2048};
+  static constexpr Tuning kTuning{96, 64 * 1024, 64 * 1024, 512, 3072, 4096, 2048};
 
   static R zero() { return R{}; }
   static R set1(T x) { return R{} + x; }
