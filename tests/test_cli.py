@@ -190,8 +190,8 @@ def test_tune(capsys, monkeypatch):
     ready to paste, and leaves the kernel set's table as it found it."""
     from dotattn import _tune
 
-    monkeypatch.setattr(_tune, "PREFILL", [_tune.TuneShape("p", 1, 2, 2, 40, 60, 16)])
-    monkeypatch.setattr(_tune, "DECODE", [_tune.TuneShape("d", 1, 4, 2, 1, 600, 32, kv_dtype="int8")])
+    monkeypatch.setattr(_tune, "PREFILL", [(_bench.Shape("p", 1, 2, 2, 40, 60, 16), "float32")])
+    monkeypatch.setattr(_tune, "DECODE", [(_bench.Shape("d", 1, 4, 2, 1, 600, 32), "int8")])
     isa = dotattn.get_isa()
     before = dotattn._core.get_tuning(isa)
     options = ["--only", "row_block", "value_chunk_bytes", "--rounds", "1", "--flush-mib", "4"]

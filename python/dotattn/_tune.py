@@ -23,7 +23,6 @@ import argparse
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -31,29 +30,17 @@ import numpy as np
 import dotattn
 from dotattn import _bench
 
-
-@dataclass(frozen=True)
-class TuneShape:
-    name: str
-    B: int
-    Hq: int
-    Hkv: int
-    L: int
-    S: int
-    E: int
-    causal: bool = False
-    kv_dtype: str = "float32"
-
-
+# (shape, K/V format): the standard shapes of python -m dotattn bench, or
+# shaped like them.
 PREFILL = [
-    TuneShape("prefill", 1, 16, 16, 1024, 1024, 64),
-    TuneShape("prefill_e128", 1, 8, 8, 1024, 1024, 128, causal=True),
+    (_bench.STANDARD_SHAPES["prefill"], "float32"),
+    (_bench.Shape("prefill_e128", 1, 8, 8, 1024, 1024, 128, causal=True), "float32"),
 ]
 DECODE = [
-    TuneShape("decode", 1, 32, 8, 1, 4096, 128),
-    TuneShape("decode_b8", 8, 32, 8, 1, 2048, 128),
-    TuneShape("decode_long_16bit", 1, 32, 8, 1, 16384, 128, kv_dtype="bfloat16"),
-    TuneShape("decode_long_int8", 1, 32, 8, 1, 16384, 128, kv_dtype="int8"),
+    (_bench.STANDARD_SHAPES["decode"], "float32"),
+    (_bench.STANDARD_SHAPES["decode_b8"], "float32"),
+    (_bench.STANDARD_SHAPES["decode_long"], "bfloat16"),
+    (_bench.STANDARD_SHAPES["decode_long"], "int8"),
 ]
 
 # (parameter, candidates, regime): the candidates around today's values
@@ -109,8 +96,8 @@ def _tune(args: argparse.Namespace, isa: str, table: dict[str, int]) -> int:
     rng = np.random.default_rng(0)
     evict = _bench.cache_evictor(args.flush_mib)
     calls = {
-        "prefill": [_call(s, rng) for s in PREFILL],
-        "decode": [_call(s, rng, available=_has_ml_dtypes()) for s in DECODE],
+        "prefill": [_call(s, kv, rng) for s, kv in PREFILL],
+        "decode": [_call(s, kv, rng, available=_has_ml_dtypes()) for s, kv in DECODE],
     }
     best = dict(table)
     swept: set[str] = set()
@@ -137,7 +124,7 @@ def _tune(args: argparse.Namespace, isa: str, table: dict[str, int]) -> int:
             continue
         after = _measure(isa, best, calls[regime], regime == "decode", evict, args.rounds, against=table)
         print(
-            f"gain over the current table, {regime} ({', '.join(s.name for s in shapes)}): "
+            f"gain over the current table, {regime} ({', '.join(f'{s.name} {kv}' for s, kv in shapes)}): "
             f"{after['current'] / after['new']:.3f}x"
         )
     return 0
@@ -151,8 +138,10 @@ def _has_ml_dtypes() -> bool:
     return True
 
 
-def _call(shape: TuneShape, rng: np.random.Generator, available: bool = True) -> Callable[[], Any]:
-    kv_dtype = shape.kv_dtype if shape.kv_dtype != "bfloat16" or available else "float16"
+def _call(
+    shape: _bench.Shape, kv_dtype: str, rng: np.random.Generator, available: bool = True
+) -> Callable[[], Any]:
+    kv_dtype = kv_dtype if kv_dtype != "bfloat16" or available else "float16"
     q = rng.standard_normal((shape.B, shape.Hq, shape.L, shape.E), dtype=np.float32)
     k = rng.standard_normal((shape.B, shape.Hkv, shape.S, shape.E), dtype=np.float32)
     v = rng.standard_normal((shape.B, shape.Hkv, shape.S, shape.E), dtype=np.float32)
