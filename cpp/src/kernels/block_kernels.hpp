@@ -46,7 +46,6 @@ inline void with_count(std::int64_t n, const F& f) {
 // rather than keys ulps.
 constexpr std::int64_t kSumChunk = 16;
 
-
 template <class V>
 struct BlockKernelsFor {
   using T = typename V::T;
