@@ -231,8 +231,7 @@ template <class T>
 void attention_loop(const Problem* problems, std::size_t count) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
   const auto blocking = [&](const Problem& p, std::int64_t call_row_items) {
-    return choose_blocking(p, sizeof(T), kern.row_multiple, kern.key_multiple, kern.dot_rows, *kern.tuning, Purpose::attention,
-                           call_row_items);
+    return choose_blocking(p, kern, Purpose::attention, call_row_items);
   };
   std::int64_t call_row_items = 0;
   for (std::size_t i = 0; i < count; ++i) call_row_items += blocking(problems[i], 0).row_items(problems[i]);

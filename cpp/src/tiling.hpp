@@ -11,6 +11,7 @@
 #include <memory>
 #include <new>
 
+#include "kernels/kernels.hpp"
 #include "problem.hpp"
 
 namespace dotattn::detail {
@@ -34,11 +35,12 @@ struct Blocking {
   std::int64_t items(const Problem& p) const { return row_items(p) * splits; }
 };
 
-// Row blocks of up to tuning.row_block rows. Key blocks of keys x (E + Ev
-// + tile_rows) within tuning.key_block_bytes, which keeps the score tile
-// in L1 between the steps that read it (decode_key_block_bytes for few
-// rows), a whole number of the score tile's
-// keys (key_multiple), so that no block ends on a narrower tile. When
+// The blocking of p for the kernel table kern, by its parameters (Tuning)
+// and tile sizes. Row blocks of up to tuning.row_block rows. Key blocks of
+// keys x (E + Ev + tile_rows) within tuning.key_block_bytes, which keeps the
+// score tile in L1 between the steps that read it (decode_key_block_bytes
+// for few rows), a whole number of the score tile's keys (key_multiple), so
+// that no block ends on a narrower tile. When
 // there are fewer than 64 row blocks, too few to keep many threads busy
 // (decoding: one row per head), the keys are split into ranges of at
 // least tuning.min_split_keys so that there are up to 256 work items; the
@@ -54,11 +56,12 @@ struct Blocking {
 // call_row_items: the row blocks of the whole call when p is one of
 // several problems (the sequences of a packed batch): many short
 // sequences keep the threads busy without splitting any of them.
-inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
-                                std::int64_t row_multiple, std::int64_t key_multiple,
-                                std::int64_t dot_rows, const Tuning& tuning,
-                                Purpose purpose, std::int64_t call_row_items = 0) {
+template <class T>
+Blocking choose_blocking(const Problem& p, const kernels::BlockKernels<T>& kern, Purpose purpose,
+                         std::int64_t call_row_items = 0) {
   constexpr std::int64_t kSplitBelow = 64, kMaxItems = 256;
+  const Tuning& tuning = *kern.tuning;
+  const std::int64_t dot_rows = kern.dot_rows;
   Blocking b;
   const std::int64_t group = p.heads_per_kv();
   const bool grouped = purpose == Purpose::attention && group > 1 && group * p.L <= tuning.row_block;
@@ -67,7 +70,7 @@ inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
                            p.Hq * p.L <= tuning.row_block;
   if (whole_pages) b.heads = p.Hq;
   b.rows = std::clamp<std::int64_t>(p.L, 1, tuning.row_block);
-  b.tile_rows = round_up(b.heads * b.rows, row_multiple);
+  b.tile_rows = round_up(b.heads * b.rows, kern.row_multiple);
   b.q_blocks = ceil_div(p.L, b.rows);
   b.head_groups = p.Hq / b.heads;
 
@@ -77,8 +80,8 @@ inline Blocking choose_blocking(const Problem& p, std::size_t elem_size,
   const std::int64_t kv_rows = (b.heads == 1 ? 1 : group) * b.rows;
   const bool few_rows = purpose == Purpose::attention && kv_rows <= dot_rows;
   const std::int64_t per_key =
-      (p.E + p.Ev + b.tile_rows) * static_cast<std::int64_t>(elem_size);
-  const std::int64_t step = std::max<std::int64_t>(key_multiple, 1);
+      (p.E + p.Ev + b.tile_rows) * static_cast<std::int64_t>(sizeof(T));
+  const std::int64_t step = std::max<std::int64_t>(kern.key_multiple, 1);
   const std::int64_t budget = few_rows ? tuning.decode_key_block_bytes : tuning.key_block_bytes;
   b.keys = std::clamp<std::int64_t>(budget / per_key / step * step, step, 512 / step * step);
   // The keys one row block sees: fewer than S under a window.

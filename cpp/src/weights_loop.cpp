@@ -58,7 +58,7 @@ void weigh_row_block(const Problem& p, const kernels::BlockKernels<T>& kern,
 template <class T>
 void weights_loop(const Problem& p) {
   const kernels::BlockKernels<T>& kern = kernels::selected<T>();
-  const Blocking blk = choose_blocking(p, sizeof(T), kern.row_multiple, kern.key_multiple, kern.dot_rows, *kern.tuning, Purpose::weights);
+  const Blocking blk = choose_blocking(p, kern, Purpose::weights);
   for_each_item(
       blk.items(p), [&] { return WeightsTile<T>(p, blk); },
       [&](std::int64_t item, WeightsTile<T>& tile) {
